@@ -1,0 +1,6 @@
+//! The command-line commands other than `serve`: each takes parsed arguments and returns
+//! an exit code, printing to stdout/stderr. `main.rs` only dispatches here.
+
+pub mod check;
+pub mod dead_letters;
+pub mod route_test;

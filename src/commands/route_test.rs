@@ -1,0 +1,92 @@
+//! `webhook-relay route-test`: where would this message go? (like `amtool config routes
+//! test`). Takes an SNS message or a bare CloudWatch alarm JSON; sends nothing.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::deliver::slack;
+use crate::route::{Envelope, Facts, Notification};
+
+pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn std::io::Write) -> i32 {
+    let config = match Config::load(config_path) {
+        Ok((c, _)) => c,
+        Err(e) => {
+            let _ = writeln!(out, "{e}; run `webhook-relay check` for details");
+            return 1;
+        }
+    };
+    let text = match std::fs::read_to_string(message_path) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(out, "cannot read {}: {e}", message_path.display());
+            return 1;
+        }
+    };
+    let envelope = match envelope_from(&text) {
+        Some(e) => e,
+        None => {
+            let _ = writeln!(out, "{}: neither an SNS message nor CloudWatch alarm JSON", message_path.display());
+            return 1;
+        }
+    };
+    let n = Notification::from_envelope(envelope);
+    let severity = config.severity.classify(&n);
+    let decision = config.router.route(&Facts::of(&n, &severity));
+    let _ = writeln!(out, "severity: {severity}");
+    match &n.alarm {
+        Some(a) => {
+            let _ = writeln!(out, "alarm: {} -> {}", a.name, a.new_state);
+        }
+        None => {
+            let _ = writeln!(out, "not a CloudWatch alarm (sent as Subject and Message)");
+        }
+    }
+    if let Some(m) = &decision.muted {
+        let _ = writeln!(out, "muted by route: {m}");
+    }
+    let _ = writeln!(out, "routes: {}", if decision.routes.is_empty() { "(none)".to_string() } else { decision.routes.join(", ") });
+    let _ = writeln!(
+        out,
+        "destinations: {}",
+        if decision.destinations.is_empty() { "(none: would be answered 200 and counted as unrouted)".to_string() } else { decision.destinations.join(", ") }
+    );
+    if payload {
+        for name in &decision.destinations {
+            let Some(dest) = config.destinations.get(name) else { continue };
+            let style = crate::deliver::style(dest, &severity);
+            let r = slack::render(&n, &severity, &style, None);
+            let _ = writeln!(out, "\n--- {name} ---");
+            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&r.payload).unwrap_or_default());
+            for note in &r.truncated {
+                let _ = writeln!(out, "note: {note} to fit Slack's limits");
+            }
+        }
+    }
+    0
+}
+
+/// An SNS message (HTTP or Lambda shape), or alarm JSON wrapped as if SNS had sent it.
+fn envelope_from(text: &str) -> Option<Envelope> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    if let (Some(message), Some(topic)) = (get("Message"), get("TopicArn")) {
+        return Some(Envelope {
+            message_id: get("MessageId").unwrap_or_default(),
+            topic_arn: topic,
+            subject: get("Subject"),
+            message,
+            timestamp: get("Timestamp").unwrap_or_default(),
+        });
+    }
+    let alarm = crate::route::alarm::parse_alarm_value(&v)?;
+    // A bare alarm has no topic: make one from its ARN's region and account.
+    let region = alarm.arn.as_deref().and_then(|a| a.split(':').nth(3)).unwrap_or("us-east-1");
+    let account = alarm.account.clone().unwrap_or_else(|| "000000000000".into());
+    Some(Envelope {
+        message_id: "route-test".into(),
+        topic_arn: format!("arn:aws:sns:{region}:{account}:route-test"),
+        subject: None,
+        message: text.to_string(),
+        timestamp: String::new(),
+    })
+}

@@ -1,0 +1,521 @@
+//! routes.toml: the raw file shape, validation that reports every problem with its line and
+//! column, and the validated [`Config`] the running code uses. Nothing downstream re-checks
+//! a string from the file.
+
+pub mod duration;
+pub mod reload;
+pub mod secret;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use duration::{parse_duration, parse_rate, Rate};
+pub use secret::{Secret, SecretSource};
+
+use crate::route::matcher::{FieldPatterns, Literals, Pattern};
+use crate::route::severity::{SeverityField, SeverityRule, SeverityRules};
+use crate::route::{Field, RouteSpec, Router};
+
+// ---------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    sns: Spanned<RawSns>,
+    #[serde(default)]
+    severity: Option<RawSeverity>,
+    #[serde(default)]
+    destinations: BTreeMap<String, Spanned<RawDestination>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    default_route: Option<Spanned<RawDefaultRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSns {
+    topics: Spanned<Vec<Spanned<String>>>,
+    max_age: Option<Spanned<String>>,
+    auto_confirm: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeverity {
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawSeverityRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeverityRule {
+    field: Spanned<String>,
+    regex: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    url: Spanned<String>,
+    rate: Option<Spanned<String>>,
+    burst: Option<Spanned<u32>>,
+    fallback: Option<Spanned<String>>,
+    /// Severities that get `<!here>` prepended.
+    #[serde(default)]
+    mention_here: Vec<String>,
+    /// Severities that get `<!channel>` prepended.
+    #[serde(default)]
+    mention_channel: Vec<String>,
+    max_attempts: Option<Spanned<u32>>,
+    max_retry_age: Option<Spanned<String>>,
+}
+
+type Values = Option<Spanned<Vec<Spanned<String>>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    alarm_name: Values,
+    not_alarm_name: Values,
+    severity: Values,
+    not_severity: Values,
+    state: Values,
+    not_state: Values,
+    topic: Values,
+    not_topic: Values,
+    account: Values,
+    not_account: Values,
+    region: Values,
+    not_region: Values,
+    to: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default, rename = "continue")]
+    continue_: bool,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaultRoute {
+    to: Spanned<Vec<Spanned<String>>>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The validated config.
+
+/// `[sns]`: which topics may deliver, and how old a message may be.
+#[derive(Debug, Clone)]
+pub struct SnsConfig {
+    topics: globset::GlobSet,
+    pub max_age: Duration,
+    pub auto_confirm: bool,
+}
+
+impl SnsConfig {
+    pub fn topic_allowed(&self, topic_arn: &str) -> bool {
+        self.topics.is_match(topic_arn)
+    }
+}
+
+/// How a destination may be retried before its deliveries become dead letters.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryBudget {
+    pub max_attempts: u32,
+    pub max_age: Duration,
+}
+
+/// A Slack incoming webhook and how to treat it.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: String,
+    pub url: Secret,
+    pub source: SecretSource,
+    pub rate: Rate,
+    pub burst: u32,
+    pub fallback: Option<String>,
+    pub mention_here: Vec<String>,
+    pub mention_channel: Vec<String>,
+    pub retry: RetryBudget,
+}
+
+/// One validated routes.toml.
+#[derive(Debug)]
+pub struct Config {
+    pub sns: SnsConfig,
+    pub severity: SeverityRules,
+    pub destinations: BTreeMap<String, Destination>,
+    pub router: Router,
+}
+
+/// A problem found in the file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    /// Warnings are printed by `check` but do not fail it.
+    pub warning: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.warning { "warning" } else { "error" };
+        write!(f, "{}:{}: {kind}: {}", self.line, self.column, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{} problem(s) in routes file", .0.iter().filter(|p| !p.warning).count())]
+    Invalid(Vec<Problem>),
+}
+
+/// Defaults suited to Slack's "about one message per second per webhook".
+pub const DEFAULT_RATE: &str = "1/s";
+pub const DEFAULT_BURST: u32 = 3;
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 12;
+pub const DEFAULT_MAX_RETRY_AGE: Duration = Duration::from_secs(6 * 3600);
+
+const STATES: [&str; 3] = ["ALARM", "OK", "INSUFFICIENT_DATA"];
+
+impl Config {
+    pub fn load(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Read { path: path.display().to_string(), error })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates; on success also returns the warnings.
+    pub fn parse(text: &str) -> Result<(Config, Vec<Problem>), ConfigError> {
+        let mut v = Validator { text, problems: Vec::new() };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let (line, column) = e.span().map(|s| v.line_col(s.start)).unwrap_or((1, 1));
+                return Err(ConfigError::Invalid(vec![Problem {
+                    line,
+                    column,
+                    message: e.message().to_string(),
+                    warning: false,
+                }]));
+            }
+        };
+        let config = v.build(raw);
+        let errors = v.problems.iter().any(|p| !p.warning);
+        match config {
+            Some(config) if !errors => Ok((config, v.problems)),
+            _ => Err(ConfigError::Invalid(v.problems)),
+        }
+    }
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        (line, column)
+    }
+
+    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.push(at.span().start, message.into(), false);
+    }
+
+    fn warn<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.push(at.span().start, message.into(), true);
+    }
+
+    fn push(&mut self, offset: usize, message: String, warning: bool) {
+        let (line, column) = self.line_col(offset);
+        self.problems.push(Problem { line, column, message, warning });
+    }
+
+    fn build(&mut self, raw: RawConfig) -> Option<Config> {
+        let sns = self.sns(raw.sns);
+        let severity = self.severity(raw.severity);
+        let destinations = self.destinations(raw.destinations);
+        let router = self.routes(raw.route, raw.default_route, &destinations);
+        Some(Config { sns: sns?, severity: severity?, destinations, router: router? })
+    }
+
+    fn sns(&mut self, raw: Spanned<RawSns>) -> Option<SnsConfig> {
+        let raw = raw.into_inner();
+        if raw.topics.get_ref().is_empty() {
+            self.error(&raw.topics, "[sns].topics is empty: no topic could ever deliver");
+        }
+        let mut set = globset::GlobSetBuilder::new();
+        for topic in raw.topics.get_ref() {
+            match globset::Glob::new(topic.get_ref()) {
+                Ok(g) => {
+                    set.add(g);
+                }
+                Err(e) => self.error(topic, format!("bad topic glob: {}", e.kind())),
+            }
+        }
+        let max_age = match &raw.max_age {
+            None => DEFAULT_MAX_AGE,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.error(s, "max_age must be more than zero");
+                    DEFAULT_MAX_AGE
+                }
+                Err(e) => {
+                    self.error(s, e);
+                    DEFAULT_MAX_AGE
+                }
+            },
+        };
+        let topics = set.build().ok()?;
+        Some(SnsConfig { topics, max_age, auto_confirm: raw.auto_confirm.unwrap_or(true) })
+    }
+
+    fn severity(&mut self, raw: Option<RawSeverity>) -> Option<SeverityRules> {
+        let Some(raw) = raw else { return Some(SeverityRules::new("warning".into(), Vec::new())) };
+        let default = raw.default.map(|d| d.into_inner().to_lowercase()).unwrap_or_else(|| "warning".into());
+        let mut rules = Vec::new();
+        for rule in raw.rules {
+            let rule = rule.into_inner();
+            let field = match SeverityField::parse(rule.field.get_ref()) {
+                Some(f) => f,
+                None => {
+                    self.error(
+                        &rule.field,
+                        format!("unknown severity field {:?}; known: {}", rule.field.get_ref(), SeverityField::NAMES.join(", ")),
+                    );
+                    continue;
+                }
+            };
+            match regex::Regex::new(rule.regex.get_ref()) {
+                Ok(re) if re.captures_len() >= 2 => rules.push(SeverityRule { field, regex: re }),
+                Ok(_) => self.error(&rule.regex, "severity regex needs a capture group: its first capture is the severity"),
+                Err(e) => self.error(&rule.regex, format!("bad regex: {e}")),
+            }
+        }
+        Some(SeverityRules::new(default, rules))
+    }
+
+    fn destinations(&mut self, raw: BTreeMap<String, Spanned<RawDestination>>) -> BTreeMap<String, Destination> {
+        let names: HashSet<String> = raw.keys().cloned().collect();
+        let mut out = BTreeMap::new();
+        for (name, spanned) in raw {
+            let d = spanned.into_inner();
+            let (source, url) = secret::resolve(d.url.get_ref());
+            let url = match url {
+                Ok(url) => url,
+                Err(e) => {
+                    self.error(&d.url, format!("destination {name}: {e}"));
+                    continue;
+                }
+            };
+            if source == SecretSource::Literal {
+                self.warn(
+                    &d.url,
+                    format!("destination {name}: webhook URL is written in the file; prefer url = \"env:NAME\" or \"file:/path\""),
+                );
+            }
+            let u = url.expose();
+            if !(u.starts_with("https://") || u.starts_with("http://")) || u.parse::<http::Uri>().is_err() {
+                // Never echo the value: it may be a secret with a typo.
+                self.error(&d.url, format!("destination {name}: url ({source}) is not an http(s) URL"));
+                continue;
+            }
+            let rate = match &d.rate {
+                None => parse_rate(DEFAULT_RATE).ok(),
+                Some(r) => parse_rate(r.get_ref()).map_err(|e| self.error(r, e)).ok(),
+            };
+            let burst = d.burst.as_ref().map(|b| *b.get_ref()).unwrap_or(DEFAULT_BURST);
+            if let Some(b) = d.burst.as_ref().filter(|b| *b.get_ref() == 0) {
+                self.error(b, "burst must be at least 1");
+            }
+            if let Some(fb) = &d.fallback {
+                if !names.contains(fb.get_ref()) {
+                    self.error(fb, format!("destination {name}: fallback {:?} is not a destination", fb.get_ref()));
+                } else if fb.get_ref() == &name {
+                    self.error(fb, format!("destination {name}: fallback is itself"));
+                }
+            }
+            let max_attempts = d.max_attempts.as_ref().map(|m| *m.get_ref()).unwrap_or(DEFAULT_MAX_ATTEMPTS);
+            if let Some(m) = d.max_attempts.as_ref().filter(|m| *m.get_ref() == 0) {
+                self.error(m, "max_attempts must be at least 1");
+            }
+            let max_age = match &d.max_retry_age {
+                None => DEFAULT_MAX_RETRY_AGE,
+                Some(s) => parse_duration(s.get_ref()).map_err(|e| self.error(s, e)).unwrap_or(DEFAULT_MAX_RETRY_AGE),
+            };
+            let Some(rate) = rate else { continue };
+            out.insert(
+                name.clone(),
+                Destination {
+                    name,
+                    url,
+                    source,
+                    rate,
+                    burst: burst.max(1),
+                    fallback: d.fallback.map(|f| f.into_inner()),
+                    mention_here: d.mention_here.iter().map(|s| s.to_lowercase()).collect(),
+                    mention_channel: d.mention_channel.iter().map(|s| s.to_lowercase()).collect(),
+                    retry: RetryBudget { max_attempts: max_attempts.max(1), max_age },
+                },
+            );
+        }
+        out
+    }
+
+    fn routes(
+        &mut self,
+        raw: Vec<Spanned<RawRoute>>,
+        default_route: Option<Spanned<RawDefaultRoute>>,
+        destinations: &BTreeMap<String, Destination>,
+    ) -> Option<Router> {
+        let mut specs = Vec::new();
+        let mut seen = HashSet::new();
+        let mut catch_all: Option<String> = None;
+        for spanned in raw {
+            let route_start = spanned.span().start;
+            let r = spanned.into_inner();
+            let name = r.name.get_ref().clone();
+            if !seen.insert(name.clone()) {
+                self.error(&r.name, format!("duplicate route name {name:?}"));
+            }
+            if let Some(shadow) = &catch_all {
+                self.push(
+                    route_start,
+                    format!("route {name:?} can never match: route {shadow:?} before it matches everything and does not continue"),
+                    false,
+                );
+            }
+            let to = match &r.to {
+                Some(to) => self.destination_list(to, destinations, &format!("route {name:?}")),
+                None if r.enabled => {
+                    self.push(route_start, format!("route {name:?} has no `to`"), false);
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            let mut fields = Vec::new();
+            let pairs = [
+                (Field::AlarmName, r.alarm_name, r.not_alarm_name),
+                (Field::Severity, r.severity, r.not_severity),
+                (Field::State, r.state, r.not_state),
+                (Field::Topic, r.topic, r.not_topic),
+                (Field::Account, r.account, r.not_account),
+                (Field::Region, r.region, r.not_region),
+            ];
+            for (field, any, none) in pairs {
+                let any = any.map(|v| self.patterns(&name, field, false, v));
+                let none = none.map(|v| self.patterns(&name, field, true, v));
+                if let (Some(Some(a)), Some(Some(n))) = (&any, &none) {
+                    if a.literals().iter().any(|l| n.literals().contains(l)) {
+                        self.push(
+                            route_start,
+                            format!("route {name:?} can never match: a {} value is both required and excluded", field.key()),
+                            false,
+                        );
+                    }
+                }
+                let (Some(any), Some(none)) = (any.unwrap_or(Some(Vec::new())), none.unwrap_or(Some(Vec::new()))) else {
+                    continue;
+                };
+                if !any.is_empty() || !none.is_empty() {
+                    fields.push(FieldPatterns { field, any, none });
+                }
+            }
+            if fields.is_empty() && !r.continue_ && catch_all.is_none() {
+                catch_all = Some(name.clone());
+            }
+            specs.push(RouteSpec { name, fields, to, continue_: r.continue_, enabled: r.enabled });
+        }
+        let default_to = match &default_route {
+            Some(d) => self.destination_list(&d.get_ref().to, destinations, "default_route"),
+            None => Vec::new(),
+        };
+        if let (Some(d), Some(shadow)) = (&default_route, &catch_all) {
+            self.push(
+                d.span().start,
+                format!("default_route is never used: route {shadow:?} matches everything and does not continue"),
+                true,
+            );
+        }
+        Router::new(specs, default_to).ok()
+    }
+
+    fn destination_list(
+        &mut self,
+        to: &Spanned<Vec<Spanned<String>>>,
+        destinations: &BTreeMap<String, Destination>,
+        what: &str,
+    ) -> Vec<String> {
+        if to.get_ref().is_empty() {
+            self.error(to, format!("{what}: `to` is empty"));
+        }
+        let mut out = Vec::new();
+        for d in to.get_ref() {
+            if destinations.contains_key(d.get_ref()) {
+                if !out.contains(d.get_ref()) {
+                    out.push(d.get_ref().clone());
+                }
+            } else if !self.text.contains(&format!("[destinations.{}]", d.get_ref())) {
+                self.error(d, format!("{what}: unknown destination {:?}", d.get_ref()));
+            }
+            // A destination that exists but failed validation already has its own error.
+        }
+        out
+    }
+
+    /// Compiles one list of values; `None` when any of them is invalid (already reported).
+    fn patterns(
+        &mut self,
+        route: &str,
+        field: Field,
+        negated: bool,
+        values: Spanned<Vec<Spanned<String>>>,
+    ) -> Option<Vec<Pattern>> {
+        let key = if negated { format!("not_{}", field.key()) } else { field.key().to_string() };
+        if values.get_ref().is_empty() {
+            if !negated {
+                self.error(&values, format!("route {route:?} can never match: {key} is an empty list"));
+            }
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in values.get_ref() {
+            let text = v.get_ref();
+            if field == Field::State && !text.starts_with('~') && !text.contains(['*', '?', '[']) && !STATES.contains(&text.as_str()) {
+                self.error(v, format!("route {route:?}: {key} {text:?} is not a CloudWatch state ({})", STATES.join(", ")));
+                ok = false;
+                continue;
+            }
+            let value = if field == Field::Severity { text.to_lowercase() } else { text.clone() };
+            match Pattern::compile(&value) {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    self.error(v, format!("route {route:?}: {key}: {e}"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+}

@@ -1,0 +1,511 @@
+//! Delivery: one worker per destination, so one slow or failing webhook never delays
+//! another. A worker takes its destination's pending deliveries in accept order (which
+//! keeps each alarm's state changes in order), waits for the rate limiter, posts, and
+//! applies the failure table of SPEC.md: 2xx done; 429 waits Retry-After; 5xx, timeouts
+//! and connection errors back off exponentially with full jitter; other 4xx and an
+//! exhausted retry budget become dead letters. When a destination falls behind, the
+//! waiting notifications are merged into one digest post.
+
+pub mod client;
+pub mod slack;
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Notify;
+
+use crate::config::reload::ConfigHandle;
+use crate::config::{Config, Destination};
+use crate::metrics::Metrics;
+use crate::route::Notification;
+use crate::server::shutdown::Shutdown;
+use crate::store::{Delivery, Store};
+pub use client::{Answer, HttpClient, PostError};
+
+/// Backlog at which a worker merges waiting notifications into one digest post.
+const DIGEST_AFTER: usize = 4;
+/// Most notifications in one digest.
+const DIGEST_MAX: usize = 20;
+/// Exponential backoff: base and cap of the full-jitter window.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// When Slack sends 429 without Retry-After.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Slack answers that mean the webhook itself is gone, not this message.
+fn webhook_gone(a: &Answer) -> bool {
+    let body = a.body.trim();
+    matches!(
+        (a.status, body),
+        (404, "no_service" | "channel_not_found" | "no_team")
+            | (410, "channel_is_archived")
+            | (403, "action_prohibited" | "invalid_token" | "team_disabled")
+    ) || (a.status == 410)
+}
+
+/// What to do after one post.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Done,
+    RetryAfter(Duration),
+    Backoff,
+    /// Not retried; `gone` when the webhook itself no longer exists.
+    Fail { gone: bool },
+}
+
+pub fn judge(result: &Result<Answer, PostError>) -> Verdict {
+    match result {
+        Ok(a) if (200..300).contains(&a.status) => Verdict::Done,
+        Ok(a) if a.status == 429 => Verdict::RetryAfter(a.retry_after.unwrap_or(DEFAULT_RETRY_AFTER).max(Duration::from_millis(1))),
+        Ok(a) if a.status >= 500 || a.status == 408 => Verdict::Backoff,
+        Ok(a) => Verdict::Fail { gone: webhook_gone(a) },
+        Err(PostError::BadUrl) => Verdict::Fail { gone: false },
+        Err(_) => Verdict::Backoff,
+    }
+}
+
+/// Full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter"): a uniform
+/// pick in [0, min(cap, base·2^attempt)]. Hand-written because the delay must interleave
+/// with Retry-After and the per-destination budget that a retry crate's loop does not know.
+pub fn backoff(attempt: u32) -> Duration {
+    let window = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(20)).min(BACKOFF_CAP);
+    window.mul_f64(rand::random::<f64>())
+}
+
+struct Queue {
+    items: Mutex<VecDeque<Delivery>>,
+    wake: Notify,
+}
+
+/// Remembers when alarms entered ALARM, so an OK can say how long it lasted.
+type AlarmSince = moka::sync::Cache<String, SystemTime>;
+
+/// Starts and feeds the per-destination workers.
+#[derive(Clone)]
+pub struct Deliverer {
+    inner: Arc<DelivererInner>,
+}
+
+struct DelivererInner {
+    store: Store,
+    config: Arc<ConfigHandle>,
+    client: HttpClient,
+    metrics: Metrics,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    alarm_since: AlarmSince,
+    shutdown: Shutdown,
+    /// Workers in flight, so shutdown can wait for the current posts to finish.
+    tasks: tokio_util_like::TaskCount,
+}
+
+impl Deliverer {
+    pub fn new(store: Store, config: Arc<ConfigHandle>, client: HttpClient, metrics: Metrics, shutdown: Shutdown) -> Deliverer {
+        Deliverer {
+            inner: Arc::new(DelivererInner {
+                store,
+                config,
+                client,
+                metrics,
+                queues: Mutex::new(HashMap::new()),
+                alarm_since: moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(7 * 86400)).build(),
+                shutdown,
+                tasks: tokio_util_like::TaskCount::default(),
+            }),
+        }
+    }
+
+    /// Hands stored deliveries to their destinations' workers.
+    pub fn enqueue(&self, deliveries: Vec<Delivery>) {
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for d in deliveries {
+            let d_name = d.destination.clone();
+            let queue = queues.entry(d.destination.clone()).or_insert_with(|| {
+                let q = Arc::new(Queue { items: Mutex::new(VecDeque::new()), wake: Notify::new() });
+                let worker = Worker { d: self.inner.clone(), name: d.destination.clone(), queue: q.clone(), limiter: None };
+                let guard = self.inner.tasks.enter();
+                tokio::spawn(async move {
+                    worker.run().await;
+                    drop(guard);
+                });
+                q
+            });
+            let depth = {
+                let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
+                items.push_back(d);
+                items.len()
+            };
+            self.inner.metrics.queue_depth.get_or_create(&Metrics::named("destination", &d_name)).set(depth as i64);
+            queue.wake.notify_one();
+        }
+    }
+
+    /// Total deliveries waiting in memory.
+    pub fn pending(&self) -> usize {
+        let queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.values().map(|q| q.items.lock().map(|i| i.len()).unwrap_or(0)).sum()
+    }
+
+    /// Waits until every worker has stopped (after shutdown) or `timeout` passes.
+    pub async fn wait_stopped(&self, timeout: Duration) -> bool {
+        for q in self.inner.queues.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            q.wake.notify_one();
+        }
+        self.inner.tasks.wait_zero(timeout).await
+    }
+}
+
+struct Worker {
+    d: Arc<DelivererInner>,
+    name: String,
+    queue: Arc<Queue>,
+    /// Rebuilt when a reload changes the destination's rate or burst.
+    limiter: Option<((Duration, u32), DefaultDirectRateLimiter)>,
+}
+
+enum Batch {
+    One(Delivery),
+    Digest(Vec<Delivery>),
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut shutdown = self.d.shutdown.clone();
+        let mut attempts: u32 = 0;
+        loop {
+            if shutdown.is_shutdown() {
+                return;
+            }
+            let head = self.queue.items.lock().unwrap_or_else(|p| p.into_inner()).front().cloned();
+            let Some(head) = head else {
+                tokio::select! {
+                    _ = self.queue.wake.notified() => continue,
+                    _ = shutdown.recv() => return,
+                }
+            };
+            let config = self.d.config.get();
+            let Some(dest) = config.destinations.get(&self.name).cloned() else {
+                // Removed from routes.toml while deliveries were pending: keep them replayable.
+                self.dead_letter_batch(&Batch::One(head), "destination no longer in routes.toml", attempts).await;
+                continue;
+            };
+            self.wait_rate_limit(&dest, &mut shutdown).await;
+            if shutdown.is_shutdown() {
+                return;
+            }
+            let batch = self.take_batch(head);
+            let Some(body) = self.render(&batch, &config, &dest) else {
+                // Message vanished from the store (finished elsewhere): drop from the queue.
+                self.pop(&batch);
+                continue;
+            };
+            let result = self.d.client.post_json(&dest.url, body).await;
+            let verdict = judge(&result);
+            let outcome = match (&result, &verdict) {
+                (_, Verdict::Done) => "ok",
+                (Ok(a), _) if a.status == 429 => "rate_limited",
+                (Ok(a), _) if a.status >= 500 => "server_error",
+                (Ok(_), _) => "rejected",
+                (Err(PostError::Timeout), _) => "timeout",
+                (Err(_), _) => "connection_error",
+            };
+            self.d.metrics.delivery(&self.name, outcome);
+            match verdict {
+                Verdict::Done => {
+                    attempts = 0;
+                    self.d.metrics.destination_unhealthy.get_or_create(&Metrics::named("destination", &self.name)).set(0);
+                    let now = now_ms();
+                    for del in batch_items(&batch) {
+                        self.d
+                            .metrics
+                            .delivery_seconds
+                            .get_or_create(&Metrics::named("destination", &self.name))
+                            .observe(now.saturating_sub(del.accepted_at_ms) as f64 / 1000.0);
+                        self.d.store.finish(&self.name, del.seq).await;
+                    }
+                    self.pop(&batch);
+                }
+                Verdict::Fail { gone } => {
+                    let answer = match &result {
+                        Ok(a) => format!("HTTP {} {}", a.status, crate::sns::message::truncate(a.body.trim(), 100)),
+                        Err(e) => e.to_string(),
+                    };
+                    if gone {
+                        self.d.metrics.destination_unhealthy.get_or_create(&Metrics::named("destination", &self.name)).set(1);
+                        tracing::error!(destination = %self.name, answer = %answer, "webhook is gone (Slack says so); fix or replace this destination");
+                    }
+                    match (&dest.fallback, gone) {
+                        (Some(fallback), true) => self.reroute(&batch, fallback, &answer).await,
+                        _ => self.dead_letter_batch(&batch, &answer, attempts + 1).await,
+                    }
+                    attempts = 0;
+                }
+                Verdict::RetryAfter(_) | Verdict::Backoff if self.budget_spent(&dest, &batch, attempts + 1) => {
+                    self.dead_letter_batch(&batch, &format!("retry budget spent ({outcome})"), attempts + 1).await;
+                    attempts = 0;
+                }
+                Verdict::RetryAfter(wait) => {
+                    attempts += 1;
+                    self.d.metrics.delivery_retries.get_or_create(&Metrics::named("destination", &self.name)).inc();
+                    tracing::warn!(destination = %self.name, wait_ms = wait.as_millis() as u64, "Slack answered 429; waiting Retry-After");
+                    self.sleep(wait, &mut shutdown).await;
+                }
+                Verdict::Backoff => {
+                    attempts += 1;
+                    self.d.metrics.delivery_retries.get_or_create(&Metrics::named("destination", &self.name)).inc();
+                    let wait = backoff(attempts);
+                    tracing::warn!(destination = %self.name, outcome, attempt = attempts, wait_ms = wait.as_millis() as u64, "delivery failed; retrying");
+                    self.sleep(wait, &mut shutdown).await;
+                }
+            }
+            let depth = self.queue.items.lock().map(|i| i.len()).unwrap_or(0);
+            self.d.metrics.queue_depth.get_or_create(&Metrics::named("destination", &self.name)).set(depth as i64);
+        }
+    }
+
+    fn budget_spent(&self, dest: &Destination, batch: &Batch, attempts: u32) -> bool {
+        let oldest = batch_items(batch).iter().map(|d| d.accepted_at_ms).min().unwrap_or(0);
+        attempts >= dest.retry.max_attempts || now_ms().saturating_sub(oldest) > dest.retry.max_age.as_millis() as u64
+    }
+
+    async fn sleep(&self, d: Duration, shutdown: &mut Shutdown) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = shutdown.recv() => {}
+        }
+    }
+
+    async fn wait_rate_limit(&mut self, dest: &Destination, shutdown: &mut Shutdown) {
+        let key = (dest.rate.interval(), dest.burst);
+        if self.limiter.as_ref().map(|(k, _)| *k) != Some(key) {
+            let burst = NonZeroU32::new(dest.burst).unwrap_or(NonZeroU32::MIN);
+            let quota = Quota::with_period(key.0.max(Duration::from_nanos(1)))
+                .map(|q| q.allow_burst(burst))
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+            self.limiter = Some((key, RateLimiter::direct(quota)));
+        }
+        if let Some((_, limiter)) = &self.limiter {
+            tokio::select! {
+                _ = limiter.until_ready() => {}
+                _ = shutdown.recv() => {}
+            }
+        }
+    }
+
+    /// One delivery, or a digest of the head and those waiting behind it.
+    fn take_batch(&self, head: Delivery) -> Batch {
+        let items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
+        if items.len() > DIGEST_AFTER {
+            Batch::Digest(items.iter().take(DIGEST_MAX).cloned().collect())
+        } else {
+            Batch::One(head)
+        }
+    }
+
+    fn pop(&self, batch: &Batch) {
+        let n = batch_items(batch).len();
+        let mut items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..n {
+            items.pop_front();
+        }
+    }
+
+    fn render(&self, batch: &Batch, config: &Config, dest: &Destination) -> Option<Bytes> {
+        let mut loaded = Vec::new();
+        for del in batch_items(batch) {
+            match self.d.store.load(del.seq) {
+                Ok(Some(m)) => {
+                    let n = Notification::from_envelope(m.envelope);
+                    let severity = config.severity.classify(&n);
+                    loaded.push((n, severity));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(destination = %self.name, seq = del.seq, error = %e, "cannot read stored message"),
+            }
+        }
+        if loaded.is_empty() {
+            return None;
+        }
+        let rendered = if let [(n, severity)] = loaded.as_slice() {
+            let lasted = self.track_alarm(n);
+            slack::render(n, severity, &style(dest, severity), lasted)
+        } else {
+            for (n, _) in &loaded {
+                self.track_alarm(n);
+            }
+            slack::render_digest(&loaded)
+        };
+        let body = serde_json::to_vec(&rendered.payload).ok()?;
+        Some(Bytes::from(body))
+    }
+
+    /// Remembers ALARM start; for OK returns how long it lasted.
+    fn track_alarm(&self, n: &Notification) -> Option<Duration> {
+        let a = n.alarm.as_ref()?;
+        let key = format!("{}\u{0}{}", self.name, a.arn.as_deref().unwrap_or(&a.name));
+        let at = a
+            .state_change_time
+            .as_deref()
+            .and_then(parse_cloudwatch_time)
+            .unwrap_or_else(SystemTime::now);
+        match a.new_state.as_str() {
+            "ALARM" => {
+                if self.d.alarm_since.get(&key).is_none() {
+                    self.d.alarm_since.insert(key, at);
+                }
+                None
+            }
+            _ => {
+                let since = self.d.alarm_since.remove(&key)?;
+                at.duration_since(since).ok()
+            }
+        }
+    }
+
+    async fn dead_letter_batch(&self, batch: &Batch, reason: &str, attempts: u32) {
+        for del in batch_items(batch) {
+            self.d.metrics.dead_letters.get_or_create(&Metrics::named("destination", &self.name)).inc();
+            tracing::error!(destination = %self.name, seq = del.seq, reason, "delivery dead-lettered");
+            if let Err(e) = self.d.store.dead_letter(del, reason, attempts).await {
+                tracing::error!(destination = %self.name, seq = del.seq, error = %e, "cannot write dead letter; delivery stays pending");
+            }
+        }
+        self.pop(batch);
+    }
+
+    async fn reroute(&self, batch: &Batch, fallback: &str, answer: &str) {
+        for del in batch_items(batch) {
+            let Ok(Some(m)) = self.d.store.load(del.seq) else { continue };
+            match self.d.store.accept(m.envelope, vec![fallback.to_string()], 0).await {
+                Ok(deliveries) => {
+                    tracing::warn!(destination = %self.name, fallback, answer, "sent to fallback destination");
+                    Deliverer { inner: self.d.clone() }.enqueue(deliveries);
+                    self.d.store.finish(&self.name, del.seq).await;
+                }
+                Err(e) => {
+                    tracing::error!(destination = %self.name, error = %e, "fallback failed; dead-lettering");
+                    let _ = self.d.store.dead_letter(del, answer, 1).await;
+                }
+            }
+        }
+        self.pop(batch);
+    }
+}
+
+fn batch_items(b: &Batch) -> &[Delivery] {
+    match b {
+        Batch::One(d) => std::slice::from_ref(d),
+        Batch::Digest(v) => v,
+    }
+}
+
+pub fn style(dest: &Destination, severity: &str) -> slack::Style {
+    let mention = if dest.mention_channel.iter().any(|s| s == severity) {
+        Some("<!channel>")
+    } else if dest.mention_here.iter().any(|s| s == severity) {
+        Some("<!here>")
+    } else {
+        None
+    };
+    slack::Style { mention }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// CloudWatch writes `2021-11-10T02:45:55.640+0000`.
+fn parse_cloudwatch_time(s: &str) -> Option<SystemTime> {
+    let fixed = match s.strip_suffix("+0000") {
+        Some(prefix) => format!("{prefix}Z"),
+        None => s.to_string(),
+    };
+    humantime::parse_rfc3339_weak(&fixed).ok()
+}
+
+/// A counter of live tasks that can be awaited down to zero.
+mod tokio_util_like {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[derive(Default, Clone)]
+    pub struct TaskCount(Arc<(AtomicUsize, tokio::sync::Notify)>);
+
+    pub struct Guard(Arc<(AtomicUsize, tokio::sync::Notify)>);
+
+    impl TaskCount {
+        pub fn enter(&self) -> Guard {
+            self.0 .0.fetch_add(1, Ordering::SeqCst);
+            Guard(self.0.clone())
+        }
+
+        pub async fn wait_zero(&self, timeout: Duration) -> bool {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let notified = self.0 .1.notified();
+                if self.0 .0.load(Ordering::SeqCst) == 0 {
+                    return true;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0 .0.fetch_sub(1, Ordering::SeqCst);
+            self.0 .1.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Result<Answer, PostError> {
+        Ok(Answer { status, body: body.into(), retry_after: None })
+    }
+
+    #[test]
+    fn failure_table() {
+        assert_eq!(judge(&answer(200, "ok")), Verdict::Done);
+        assert_eq!(judge(&answer(204, "")), Verdict::Done);
+        assert_eq!(judge(&answer(429, "")), Verdict::RetryAfter(DEFAULT_RETRY_AFTER));
+        let with = Ok(Answer { status: 429, body: String::new(), retry_after: Some(Duration::from_secs(9)) });
+        assert_eq!(judge(&with), Verdict::RetryAfter(Duration::from_secs(9)));
+        assert_eq!(judge(&answer(500, "")), Verdict::Backoff);
+        assert_eq!(judge(&answer(503, "")), Verdict::Backoff);
+        assert_eq!(judge(&Err(PostError::Timeout)), Verdict::Backoff);
+        assert_eq!(judge(&Err(PostError::Connect)), Verdict::Backoff);
+        assert_eq!(judge(&answer(400, "invalid_payload")), Verdict::Fail { gone: false });
+        assert_eq!(judge(&answer(404, "no_service")), Verdict::Fail { gone: true });
+        assert_eq!(judge(&answer(410, "channel_is_archived")), Verdict::Fail { gone: true });
+        assert_eq!(judge(&answer(403, "invalid_token")), Verdict::Fail { gone: true });
+        assert_eq!(judge(&answer(403, "something_else")), Verdict::Fail { gone: false });
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_within_capped_window() {
+        for attempt in 0..30 {
+            let window = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(20)).min(BACKOFF_CAP);
+            for _ in 0..50 {
+                assert!(backoff(attempt) <= window);
+            }
+        }
+        // Full jitter spreads: some picks land in the lower half of the window.
+        assert!((0..200).any(|_| backoff(10) < BACKOFF_CAP / 2));
+    }
+
+    #[test]
+    fn cloudwatch_times() {
+        assert!(parse_cloudwatch_time("2021-11-10T02:45:55.640+0000").is_some());
+        assert!(parse_cloudwatch_time("garbage").is_none());
+    }
+}

@@ -1,0 +1,363 @@
+//! What Slack receives. A top-level `text` (what mobile notifications show: alarm name and
+//! the state word as CloudWatch spells it) and one attachment coloured by state holding
+//! Block Kit blocks. Every string is escaped for Slack (`&`, `<`, `>`) and cut to Block
+//! Kit's limits on a character boundary: a long alarm is shortened, never refused.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::route::{Alarm, Notification};
+
+/// Block Kit limits we stay inside.
+pub const MAX_SECTION: usize = 3000;
+pub const MAX_FIELD: usize = 2000;
+pub const MAX_HEADER: usize = 150;
+pub const MAX_BLOCKS: usize = 50;
+pub const MAX_FIELDS: usize = 10;
+/// Top-level `text` is allowed far more, but it is a notification line: keep it short.
+pub const MAX_TEXT: usize = 3000;
+
+/// Per-destination choices that change the message.
+#[derive(Debug, Clone, Default)]
+pub struct Style {
+    /// `<!here>` or `<!channel>` before the text, chosen by severity.
+    pub mention: Option<&'static str>,
+}
+
+/// A rendered Slack message and notes on what had to be cut.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub payload: Value,
+    pub truncated: Vec<String>,
+}
+
+/// Escapes the three characters Slack's mrkdwn treats as control characters.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Cuts `s` to at most `max` characters, marking the cut with `…`.
+pub fn cut(s: &str, max: usize, what: &str, notes: &mut Vec<String>) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    notes.push(format!("{what} cut from {} to {max} characters", s.chars().count()));
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+pub fn color(state: Option<&str>) -> &'static str {
+    match state {
+        Some("ALARM") => "#d0021b",
+        Some("OK") => "#2eb886",
+        Some("INSUFFICIENT_DATA") => "#daa038",
+        _ => "#439fe0",
+    }
+}
+
+fn emoji(state: &str) -> &'static str {
+    match state {
+        "ALARM" => ":red_circle:",
+        "OK" => ":large_green_circle:",
+        _ => ":large_orange_circle:",
+    }
+}
+
+/// Link to the alarm in the CloudWatch console of the right partition and region.
+pub fn console_url(partition: &str, region: &str, alarm_name: &str) -> String {
+    let host = match partition {
+        "aws-cn" => format!("{region}.console.amazonaws.cn"),
+        "aws-us-gov" => format!("{region}.console.amazonaws-us-gov.com"),
+        _ => format!("{region}.console.aws.amazon.com"),
+    };
+    let mut name = String::new();
+    for b in alarm_name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("https://{host}/cloudwatch/home?region={region}#alarmsV2:alarm/{name}")
+}
+
+fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn field(label: &str, value: &str, notes: &mut Vec<String>) -> Value {
+    json!({"type": "mrkdwn", "text": cut(&format!("*{label}*\n{}", escape(value)), MAX_FIELD, label, notes)})
+}
+
+/// The one-line summary, also used as digest lines.
+pub fn headline(n: &Notification) -> String {
+    match &n.alarm {
+        Some(a) => format!("{} {}: {}", emoji(&a.new_state), a.new_state, escape(&a.name)),
+        None => escape(n.envelope.subject.as_deref().unwrap_or("SNS notification")),
+    }
+}
+
+/// Renders one notification. `lasted` is how long the alarm was in ALARM, for an OK.
+pub fn render(n: &Notification, severity: &str, style: &Style, lasted: Option<Duration>) -> Rendered {
+    let mut notes = Vec::new();
+    let mention = style.mention.map(|m| format!("{m} ")).unwrap_or_default();
+    let (text, blocks) = match &n.alarm {
+        Some(alarm) => alarm_blocks(n, alarm, severity, lasted, &mut notes),
+        None => other_blocks(n, &mut notes),
+    };
+    let text = cut(&format!("{mention}{text}"), MAX_TEXT, "text", &mut notes);
+    let payload = json!({
+        "text": text,
+        "attachments": [{"color": color(n.state()), "fallback": text, "blocks": blocks}],
+    });
+    Rendered { payload, truncated: notes }
+}
+
+fn alarm_blocks(
+    n: &Notification,
+    a: &Alarm,
+    severity: &str,
+    lasted: Option<Duration>,
+    notes: &mut Vec<String>,
+) -> (String, Vec<Value>) {
+    let mut text = format!("{} {}: {}", emoji(&a.new_state), a.new_state, escape(&a.name));
+    if let (Some(d), "OK") = (lasted, a.new_state.as_str()) {
+        text.push_str(&format!(" (was in ALARM for {})", short(d)));
+    }
+    let region = n.region.as_deref().unwrap_or("us-east-1");
+    let link = console_url(&n.partition, region, &a.name);
+    let mut title = format!("*<{link}|{}>* is now *{}*", escape(&a.name), a.new_state);
+    if let Some(old) = &a.old_state {
+        title.push_str(&format!(" (was {old})"));
+    }
+    if let (Some(d), "OK") = (lasted, a.new_state.as_str()) {
+        title.push_str(&format!(" after {}", short(d)));
+    }
+    let mut blocks = vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&title, MAX_SECTION, "title", notes)}})];
+    if let Some(reason) = &a.reason {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&escape(reason), MAX_SECTION, "reason", notes)}}));
+    }
+    if let Some(desc) = &a.description {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&format!("_{}_", escape(desc)), MAX_SECTION, "description", notes)}}));
+    }
+    let mut fields = vec![field("Severity", severity, notes)];
+    if let Some(t) = &a.trigger {
+        if let Some(metric) = &t.metric_name {
+            let ns = t.namespace.as_deref().unwrap_or("");
+            fields.push(field("Metric", format!("{ns} {metric}").trim(), notes));
+        }
+        if !t.metrics.is_empty() {
+            fields.push(field("Metrics", &t.metrics.join("\n"), notes));
+        }
+        let op = t.comparison_operator.as_deref().map(comparison).unwrap_or("");
+        if let Some(th) = &t.threshold {
+            let stat = t.statistic.as_deref().unwrap_or("");
+            let period = t.period.map(|p| format!(" over {p}s")).unwrap_or_default();
+            let evals = t.evaluation_periods.map(|e| format!(" × {e}")).unwrap_or_default();
+            fields.push(field("Threshold", format!("{stat} {op} {th}{period}{evals}").trim(), notes));
+        }
+        if !t.dimensions.is_empty() {
+            let dims: Vec<String> = t.dimensions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            fields.push(field("Dimensions", &dims.join(", "), notes));
+        }
+    }
+    if let Some(rule) = &a.alarm_rule {
+        fields.push(field("Rule", rule, notes));
+    }
+    let account = n.account.as_deref().unwrap_or("?");
+    fields.push(field("Account / region", &format!("{account} / {region}"), notes));
+    if let Some(t) = &a.state_change_time {
+        fields.push(field("Changed", t, notes));
+    }
+    fields.truncate(MAX_FIELDS);
+    blocks.push(json!({"type": "section", "fields": fields}));
+    (text, blocks)
+}
+
+fn comparison(op: &str) -> &'static str {
+    match op {
+        "GreaterThanOrEqualToThreshold" => ">=",
+        "GreaterThanThreshold" => ">",
+        "LessThanThreshold" => "<",
+        "LessThanOrEqualToThreshold" => "<=",
+        "LessThanLowerOrGreaterThanUpperThreshold" => "outside",
+        "LessThanLowerThreshold" => "< lower",
+        "GreaterThanUpperThreshold" => "> upper",
+        _ => "vs",
+    }
+}
+
+fn other_blocks(n: &Notification, notes: &mut Vec<String>) -> (String, Vec<Value>) {
+    let subject = n.envelope.subject.as_deref().unwrap_or("SNS notification");
+    let text = escape(subject);
+    // JSON messages are pretty-printed so a human can read them in the channel.
+    let body = match serde_json::from_str::<Value>(&n.envelope.message) {
+        Ok(v) if v.is_object() || v.is_array() => serde_json::to_string_pretty(&v).unwrap_or_default(),
+        _ => n.envelope.message.clone(),
+    };
+    // ``` fences take 8 characters of the section.
+    let body = cut(&escape(&body), MAX_SECTION - 8, "message", notes);
+    let blocks = vec![
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&format!("*{text}*"), MAX_SECTION, "subject", notes)}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{body}```")}}),
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": cut(&escape(&n.envelope.topic_arn), MAX_FIELD, "topic", notes)}]}),
+    ];
+    (text, blocks)
+}
+
+/// Several pending notifications as one post, when a destination is behind its rate
+/// limit. The `text` names every alarm; one section per notification, within 50 blocks.
+pub fn render_digest(items: &[(Notification, String)]) -> Rendered {
+    let mut notes = Vec::new();
+    let names: Vec<String> = items.iter().map(|(n, _)| headline(n)).collect();
+    let text = cut(&format!("{} notifications: {}", items.len(), names.join(", ")), MAX_TEXT, "digest text", &mut notes);
+    let mut blocks = Vec::new();
+    for (n, severity) in items.iter().take(MAX_BLOCKS - 1) {
+        let mut line = headline(n);
+        if let Some(a) = &n.alarm {
+            let region = n.region.as_deref().unwrap_or("us-east-1");
+            line = format!("{line} (<{}|console>, {severity})", console_url(&n.partition, region, &a.name));
+            if let Some(r) = &a.reason {
+                line.push('\n');
+                line.push_str(&escape(r));
+            }
+        }
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&line, MAX_SECTION, "digest line", &mut notes)}}));
+    }
+    if items.len() > MAX_BLOCKS - 1 {
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("and {} more (named in the text above)", items.len() - (MAX_BLOCKS - 1))}]}));
+    }
+    let worst = items.iter().filter_map(|(n, _)| n.state()).find(|s| *s == "ALARM").or_else(|| items.first().and_then(|(n, _)| n.state()));
+    Rendered {
+        payload: json!({"text": text, "attachments": [{"color": color(worst), "fallback": text, "blocks": blocks}]}),
+        truncated: notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Envelope;
+
+    fn notification(message: &str, subject: Option<&str>) -> Notification {
+        Notification::from_envelope(Envelope {
+            message_id: "m".into(),
+            topic_arn: "arn:aws:sns:us-east-1:123456789012:alarms".into(),
+            subject: subject.map(str::to_string),
+            message: message.into(),
+            timestamp: "2024-01-01T00:00:00Z".into(),
+        })
+    }
+
+    fn alarm(name: &str, state: &str, reason: &str) -> Notification {
+        let msg = json!({"AlarmName": name, "NewStateValue": state, "OldStateValue": "OK", "NewStateReason": reason,
+            "AWSAccountId": "123456789012", "AlarmArn": format!("arn:aws:cloudwatch:eu-west-1:123456789012:alarm:{name}"),
+            "Trigger": {"MetricName": "CPUUtilization", "Namespace": "AWS/EC2", "Statistic": "AVERAGE",
+                "ComparisonOperator": "GreaterThanThreshold", "Threshold": 90, "Period": 300, "EvaluationPeriods": 2,
+                "Dimensions": [{"name": "InstanceId", "value": "i-1"}]}});
+        notification(&msg.to_string(), Some("ALARM: x"))
+    }
+
+    fn all_strings(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(a) => a.iter().for_each(|x| all_strings(x, out)),
+            Value::Object(o) => o.values().for_each(|x| all_strings(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn alarm_message_has_everything_ops_need() {
+        let r = render(&alarm("prod-db-cpu", "ALARM", "Threshold Crossed: 1 datapoint [95.0]"), "critical", &Style::default(), None);
+        let text = r.payload["text"].as_str().unwrap();
+        assert!(text.contains("prod-db-cpu") && text.contains("ALARM"), "{text}");
+        assert_eq!(r.payload["attachments"][0]["color"], "#d0021b");
+        let mut s = Vec::new();
+        all_strings(&r.payload, &mut s);
+        let all = s.join("\n");
+        for needle in ["Threshold Crossed", "AWS/EC2 CPUUtilization", "AVERAGE &gt; 90 over 300s × 2", "InstanceId=i-1", "123456789012 / eu-west-1",
+            "https://eu-west-1.console.aws.amazon.com/cloudwatch/home?region=eu-west-1#alarmsV2:alarm/prod-db-cpu", "critical"] {
+            assert!(all.contains(needle), "missing {needle} in {all}");
+        }
+        assert!(r.truncated.is_empty());
+    }
+
+    #[test]
+    fn ok_says_how_long_it_lasted_and_mentions_apply() {
+        let style = Style { mention: Some("<!here>") };
+        let r = render(&alarm("a", "OK", "back"), "warning", &style, Some(Duration::from_secs(754)));
+        let text = r.payload["text"].as_str().unwrap();
+        assert!(text.starts_with("<!here> "), "{text}");
+        assert!(text.contains("was in ALARM for 12m 34s"), "{text}");
+        assert_eq!(r.payload["attachments"][0]["color"], "#2eb886");
+    }
+
+    #[test]
+    fn escapes_and_cuts_within_limits() {
+        let reason = "<script>&".repeat(2000);
+        let r = render(&alarm("<b>&", "ALARM", &reason), "warning", &Style::default(), None);
+        let text = r.payload["text"].as_str().unwrap();
+        assert!(text.contains("&lt;b&gt;&amp;"), "{text}");
+        for block in r.payload["attachments"][0]["blocks"].as_array().unwrap() {
+            if let Some(t) = block["text"]["text"].as_str() {
+                assert!(t.chars().count() <= MAX_SECTION, "section of {} chars", t.chars().count());
+                assert!(!t.contains("<script>"));
+            }
+        }
+        assert!(r.truncated.iter().any(|n| n.contains("reason")), "{:?}", r.truncated);
+    }
+
+    #[test]
+    fn cut_respects_character_boundaries() {
+        let mut notes = Vec::new();
+        let s = "é".repeat(10);
+        let c = cut(&s, 5, "x", &mut notes);
+        assert_eq!(c.chars().count(), 5);
+        assert!(c.ends_with('…'));
+        assert_eq!(notes.len(), 1);
+    }
+
+    #[test]
+    fn non_alarm_uses_subject_and_pretty_json() {
+        let r = render(&notification(r#"{"a":{"b":1}}"#, Some("Hello")), "info", &Style::default(), None);
+        assert_eq!(r.payload["text"], "Hello");
+        let body = r.payload["attachments"][0]["blocks"][1]["text"]["text"].as_str().unwrap();
+        assert!(body.contains("{\n  \"a\": {\n    \"b\": 1"), "{body}");
+    }
+
+    #[test]
+    fn digest_names_every_alarm_and_stays_under_50_blocks() {
+        let items: Vec<_> = (0..60).map(|i| (alarm(&format!("alarm-{i}"), "ALARM", "r"), "warning".to_string())).collect();
+        let r = render_digest(&items);
+        let text = r.payload["text"].as_str().unwrap();
+        assert!(text.starts_with("60 notifications"));
+        for i in 0..60 {
+            assert!(text.contains(&format!("alarm-{i},")) || text.ends_with(&format!("alarm-{i}")), "alarm-{i} missing");
+        }
+        assert!(r.payload["attachments"][0]["blocks"].as_array().unwrap().len() <= MAX_BLOCKS);
+    }
+
+    #[test]
+    fn console_links_per_partition() {
+        assert!(console_url("aws-cn", "cn-north-1", "a b").starts_with("https://cn-north-1.console.amazonaws.cn/"));
+        assert!(console_url("aws-cn", "cn-north-1", "a b").ends_with("alarm/a%20b"));
+        assert!(console_url("aws-us-gov", "us-gov-west-1", "a").contains("console.amazonaws-us-gov.com"));
+    }
+}

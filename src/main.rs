@@ -1,0 +1,170 @@
+//! Command line: parse, then hand off to the library. No logic lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use webhook_relay::commands::{self, dead_letters::Action};
+
+#[derive(Parser)]
+#[command(name = "webhook-relay", version, about = "Verified Amazon SNS -> Slack gateway for CloudWatch alarms")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(Serve),
+    /// Validate a routes file; print every problem with its line; exit 1 if any.
+    Check {
+        #[arg(long, env = "WEBHOOK_RELAY_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+    },
+    /// Print which routes and destinations a message would go to, sending nothing.
+    RouteTest {
+        #[arg(long, env = "WEBHOOK_RELAY_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// Also print the JSON each destination would receive.
+        #[arg(long)]
+        payload: bool,
+        /// An SNS message or a bare CloudWatch alarm JSON file.
+        message: PathBuf,
+    },
+    /// Inspect and re-send what could not be delivered.
+    DeadLetters {
+        #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        action: DeadLetterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// One line per dead letter.
+    List,
+    /// One dead letter, whole.
+    Show { id: String },
+    /// Queue dead letters for redelivery.
+    Replay {
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters.
+    Purge {
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Parser)]
+struct Serve {
+    /// Routes file; re-read on change and on SIGHUP.
+    #[arg(long, env = "WEBHOOK_RELAY_CONFIG", default_value = "routes.toml")]
+    config: PathBuf,
+    /// Public listener: POST /sns only.
+    #[arg(long, env = "WEBHOOK_RELAY_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// /healthz, /readyz, /metrics.
+    #[arg(long, env = "WEBHOOK_RELAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+    #[arg(long, env = "WEBHOOK_RELAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "WEBHOOK_RELAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Pinned signing certificates, by file name.
+    #[arg(long, env = "WEBHOOK_RELAY_SNS_CERT_DIR")]
+    sns_cert_dir: Option<PathBuf>,
+    /// Trust and fetch URLs under this prefix (SNS emulators only). Repeatable.
+    #[arg(long, env = "WEBHOOK_RELAY_SNS_DEV_URL_PREFIX", value_delimiter = ',')]
+    sns_dev_url_prefix: Vec<String>,
+    #[arg(long, env = "WEBHOOK_RELAY_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[arg(long, env = "WEBHOOK_RELAY_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "WEBHOOK_RELAY_MAX_BODY", default_value_t = 1024 * 1024)]
+    max_body: usize,
+    /// Most undelivered messages kept before /sns answers 503.
+    #[arg(long, env = "WEBHOOK_RELAY_MAX_STORED", default_value_t = 200_000)]
+    max_stored: u64,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEBHOOK_RELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout();
+    let code = match cli.command {
+        Command::Serve(s) => {
+            init_logging(s.log_format);
+            serve(s)
+        }
+        Command::Check { config } => commands::check::run(&config, &mut out),
+        Command::RouteTest { config, payload, message } => commands::route_test::run(&config, &message, payload, &mut out),
+        Command::DeadLetters { data_dir, action } => {
+            let (action, all) = match action {
+                DeadLetterCommand::List => (Action::List, false),
+                DeadLetterCommand::Show { id } => (Action::Show(id), false),
+                DeadLetterCommand::Replay { ids, all } => (Action::Replay(ids), all),
+                DeadLetterCommand::Purge { ids, all } => (Action::Purge(ids), all),
+            };
+            commands::dead_letters::run(&data_dir, action, all, &mut out)
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn serve(s: Serve) -> i32 {
+    let mut settings = webhook_relay::Settings::new(s.config, s.data_dir);
+    settings.listen = s.listen;
+    settings.admin_listen = s.admin_listen;
+    settings.tls = s.tls_cert.zip(s.tls_key);
+    settings.sns_cert_dir = s.sns_cert_dir;
+    settings.dev_url_prefixes = s.sns_dev_url_prefix;
+    settings.shutdown_timeout = s.shutdown_timeout;
+    settings.limits.max_body = s.max_body;
+    settings.max_stored = s.max_stored;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(async {
+        match webhook_relay::start(settings).await {
+            Ok(running) => {
+                running.until_signal().await;
+                0
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("webhook-relay: {e:#}");
+                1
+            }
+        }
+    })
+}

@@ -1,0 +1,199 @@
+//! Every metric the gateway exports, in one place, so an operator reading this file knows
+//! the whole of /metrics. Label values are fixed vocabularies or destination/route names
+//! from routes.toml: never webhook URLs, never message content.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Static1 = [(&'static str, &'static str); 1];
+type Named = [(&'static str, String); 1];
+type Named2 = [(&'static str, String); 2];
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s: covers a cache-hit accept and a slow certificate fetch.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+fn delivery_histogram() -> Histogram {
+    // 1 ms .. ~9 h: accept-to-Slack includes retries and rate-limit waits.
+    Histogram::new(exponential_buckets(0.001, 2.0, 25))
+}
+
+/// Handles to every metric; cheap to clone (all `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// SNS messages that parsed, by `type`.
+    pub received: Family<Static1, Counter>,
+    /// Requests refused, by `reason` (one label per rejection variant).
+    pub rejected: Family<Static1, Counter>,
+    /// Notifications accepted and handed to the store.
+    pub accepted: Counter,
+    pub duplicates: Counter,
+    /// Verified notifications no route matched (answered 200).
+    pub unrouted: Counter,
+    pub cert_fetches: Family<Static1, Counter>,
+    pub cert_cache_hits: Counter,
+    pub cert_pinned_loads: Counter,
+    /// Fetches trusted only because of --sns-dev-url-prefix.
+    pub dev_prefix_fetches: Counter,
+    pub subscriptions: Family<Static1, Counter>,
+    pub unsubscribe_confirmations: Counter,
+    /// Wall time of POST /sns from first body byte to answer.
+    pub request_seconds: Histogram,
+    pub config_reloads: Family<Static1, Counter>,
+    pub config_last_reload_success: Gauge,
+    pub config_last_reload_timestamp: Gauge,
+    pub config_errors: Gauge,
+    /// Route matches, by route name.
+    pub route_matches: Family<Named, Counter>,
+    pub deliveries: Family<Named2, Counter>,
+    pub delivery_retries: Family<Named, Counter>,
+    pub delivery_seconds: Family<Named, Histogram, fn() -> Histogram>,
+    pub queue_depth: Family<Named, Gauge>,
+    pub dead_letters: Family<Named, Counter>,
+    pub destination_unhealthy: Family<Named, Gauge>,
+    pub stored_messages: Gauge,
+    pub store_batch_size: Histogram,
+    pub store_commit_seconds: Histogram,
+    pub store_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("webhook_relay");
+        macro_rules! reg {
+            ($name:literal, $help:literal, $metric:expr) => {{
+                let m = $metric;
+                r.register($name, $help, m.clone());
+                m
+            }};
+        }
+        let received = reg!("sns_received", "SNS messages parsed, by type", Family::default());
+        let rejected = reg!("sns_rejected", "Requests refused, by reason", Family::default());
+        let accepted = reg!("sns_accepted", "Notifications accepted (stored for delivery)", Counter::default());
+        let duplicates = reg!("sns_duplicates", "Notifications dropped as duplicate MessageId", Counter::default());
+        let unrouted = reg!("sns_unrouted", "Verified notifications that matched no route", Counter::default());
+        let cert_fetches =
+            reg!("cert_fetches", "Signing certificate loads by outcome", Family::default());
+        let cert_cache_hits = reg!("cert_cache_hits", "Signing certificate cache hits", Counter::default());
+        let cert_pinned_loads =
+            reg!("cert_pinned_loads", "Signing certificates answered from --sns-cert-dir", Counter::default());
+        let dev_prefix_fetches = reg!(
+            "dev_prefix_fetches",
+            "URLs fetched only because they match --sns-dev-url-prefix",
+            Counter::default()
+        );
+        let subscriptions =
+            reg!("subscription_confirmations", "SubscriptionConfirmation handling by outcome", Family::default());
+        let unsubscribe_confirmations =
+            reg!("unsubscribe_confirmations", "UnsubscribeConfirmation messages seen", Counter::default());
+        let request_seconds =
+            reg!("sns_request_seconds", "POST /sns handling time", latency_histogram());
+        let config_reloads = reg!("config_reloads", "routes.toml reloads by outcome", Family::default());
+        let config_last_reload_success = reg!(
+            "config_last_reload_success",
+            "1 if the last routes.toml reload was applied, 0 if it was refused",
+            Gauge::default()
+        );
+        let config_last_reload_timestamp = reg!(
+            "config_last_reload_timestamp_seconds",
+            "Unix time of the last routes.toml reload attempt",
+            Gauge::default()
+        );
+        let config_errors = reg!(
+            "config_errors",
+            "Problems found in the routes.toml that was last refused (0 when applied)",
+            Gauge::default()
+        );
+        let route_matches = reg!("route_matches", "Notifications matched, by route", Family::default());
+        let deliveries =
+            reg!("deliveries", "Delivery attempts by destination and outcome", Family::default());
+        let delivery_retries = reg!("delivery_retries", "Delivery retries by destination", Family::default());
+        let delivery_seconds = reg!(
+            "delivery_seconds",
+            "Time from accept to Slack 2xx, by destination",
+            Family::<Named, Histogram, fn() -> Histogram>::new_with_constructor(delivery_histogram)
+        );
+        let queue_depth = reg!("queue_depth", "Pending deliveries, by destination", Family::default());
+        let dead_letters = reg!("dead_letters", "Deliveries given up and dead-lettered, by destination", Family::default());
+        let destination_unhealthy = reg!(
+            "destination_unhealthy",
+            "1 when Slack said the webhook itself is gone (no_service, channel_is_archived, ...)",
+            Family::default()
+        );
+        let stored_messages = reg!("store_messages", "Messages held in the durable store", Gauge::default());
+        let store_batch_size = reg!(
+            "store_commit_batch_size",
+            "Messages per durable commit (group commit)",
+            Histogram::new(exponential_buckets(1.0, 2.0, 12))
+        );
+        let store_commit_seconds =
+            reg!("store_commit_seconds", "Durable commit (fsync) latency", latency_histogram());
+        let store_errors = reg!("store_errors", "Durable store write failures", Counter::default());
+        Metrics {
+            registry: Arc::new(r),
+            received,
+            rejected,
+            accepted,
+            duplicates,
+            unrouted,
+            cert_fetches,
+            cert_cache_hits,
+            cert_pinned_loads,
+            dev_prefix_fetches,
+            subscriptions,
+            unsubscribe_confirmations,
+            request_seconds,
+            config_reloads,
+            config_last_reload_success,
+            config_last_reload_timestamp,
+            config_errors,
+            route_matches,
+            deliveries,
+            delivery_retries,
+            delivery_seconds,
+            queue_depth,
+            dead_letters,
+            destination_unhealthy,
+            stored_messages,
+            store_batch_size,
+            store_commit_seconds,
+            store_errors,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn delivery(&self, destination: &str, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&[("destination", destination.to_string()), ("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    pub fn named<'a>(label: &'static str, value: &str) -> Named {
+        [(label, value.to_string())]
+    }
+}

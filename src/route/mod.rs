@@ -1,0 +1,205 @@
+//! Routing: which destinations a notification goes to. Routes are evaluated in file order;
+//! the first match stops evaluation unless it says `continue = true`; a destination reached
+//! twice gets the notification once; nothing matched falls to `[default_route]`.
+
+pub mod alarm;
+pub mod matcher;
+pub mod severity;
+
+pub use alarm::{Alarm, Envelope, Notification};
+
+use matcher::{FieldIndex, FieldIndexBuilder, FieldPatterns};
+
+/// The notification fields a route can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    AlarmName,
+    Severity,
+    State,
+    Topic,
+    Account,
+    Region,
+}
+
+impl Field {
+    const ALL: [Field; 6] =
+        [Field::AlarmName, Field::Severity, Field::State, Field::Topic, Field::Account, Field::Region];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Field::AlarmName => "alarm_name",
+            Field::Severity => "severity",
+            Field::State => "state",
+            Field::Topic => "topic",
+            Field::Account => "account",
+            Field::Region => "region",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A route as validated from the file, before compilation.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub fields: Vec<FieldPatterns>,
+    pub to: Vec<String>,
+    pub continue_: bool,
+    pub enabled: bool,
+}
+
+#[derive(Debug)]
+struct Condition {
+    field: Field,
+    any: Vec<usize>,
+    none: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct CompiledRoute {
+    name: String,
+    conditions: Vec<Condition>,
+    to: Vec<String>,
+    continue_: bool,
+    enabled: bool,
+}
+
+/// The values a notification offers to the matchers.
+pub struct Facts<'a> {
+    pub alarm_name: Option<&'a str>,
+    pub severity: &'a str,
+    pub state: Option<&'a str>,
+    pub topic: &'a str,
+    pub account: Option<&'a str>,
+    pub region: Option<&'a str>,
+}
+
+impl<'a> Facts<'a> {
+    pub fn of(n: &'a Notification, severity: &'a str) -> Facts<'a> {
+        Facts {
+            alarm_name: n.alarm.as_ref().map(|a| a.name.as_str()),
+            severity,
+            state: n.state(),
+            topic: &n.envelope.topic_arn,
+            account: n.account.as_deref(),
+            region: n.region.as_deref(),
+        }
+    }
+
+    fn get(&self, f: Field) -> Option<&'a str> {
+        match f {
+            Field::AlarmName => self.alarm_name,
+            Field::Severity => Some(self.severity),
+            Field::State => self.state,
+            Field::Topic => Some(self.topic),
+            Field::Account => self.account,
+            Field::Region => self.region,
+        }
+    }
+}
+
+/// Where a notification goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// Names of the routes that matched, in order (`default_route` when none did).
+    pub routes: Vec<String>,
+    /// Destinations, each once, in first-reached order.
+    pub destinations: Vec<String>,
+    /// A muted route (`enabled = false`) that matched and swallowed the notification.
+    pub muted: Option<String>,
+}
+
+/// The compiled routing table of one config load.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<CompiledRoute>,
+    default_to: Vec<String>,
+    indexes: Vec<FieldIndex>,
+}
+
+/// Name used in decisions for the fallback route.
+pub const DEFAULT_ROUTE: &str = "default_route";
+
+impl Router {
+    pub fn new(specs: Vec<RouteSpec>, default_to: Vec<String>) -> Result<Router, String> {
+        let mut builders: Vec<FieldIndexBuilder> = Field::ALL.iter().map(|_| FieldIndexBuilder::default()).collect();
+        let mut routes = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let mut conditions = Vec::new();
+            for fp in &spec.fields {
+                let b = &mut builders[fp.field.index()];
+                let any = fp.any.iter().map(|p| b.add(p)).collect::<Result<Vec<_>, _>>()?;
+                let none = fp.none.iter().map(|p| b.add(p)).collect::<Result<Vec<_>, _>>()?;
+                conditions.push(Condition { field: fp.field, any, none });
+            }
+            routes.push(CompiledRoute {
+                name: spec.name,
+                conditions,
+                to: spec.to,
+                continue_: spec.continue_,
+                enabled: spec.enabled,
+            });
+        }
+        let indexes = builders.into_iter().map(|b| b.build()).collect::<Result<Vec<_>, _>>()?;
+        Ok(Router { routes, default_to, indexes })
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn route(&self, facts: &Facts<'_>) -> Decision {
+        // Match each field once against every pattern of every route.
+        let mut scratch = Vec::new();
+        let mut matched: Vec<Option<Vec<bool>>> = Vec::with_capacity(Field::ALL.len());
+        for (field, index) in Field::ALL.iter().zip(&self.indexes) {
+            matched.push(match facts.get(*field) {
+                Some(value) if !index.is_empty() => {
+                    let mut bits = Vec::new();
+                    index.matches(value, &mut scratch, &mut bits);
+                    Some(bits)
+                }
+                _ => None,
+            });
+        }
+        let mut decision = Decision::default();
+        for route in &self.routes {
+            let hit = route.conditions.iter().all(|c| match &matched[c.field.index()] {
+                // The notification lacks this field (e.g. no alarm name): only a route
+                // that merely excludes values can still match.
+                None => c.any.is_empty(),
+                Some(bits) => (c.any.is_empty() || c.any.iter().any(|&i| bits[i])) && !c.none.iter().any(|&i| bits[i]),
+            });
+            if !hit || !route.enabled {
+                // A muted route still stops evaluation when it matches: muting means
+                // "send these nowhere", not "let later routes have them".
+                if hit && !route.continue_ {
+                    decision.muted = Some(route.name.clone());
+                    return decision;
+                }
+                continue;
+            }
+            decision.routes.push(route.name.clone());
+            for d in &route.to {
+                if !decision.destinations.contains(d) {
+                    decision.destinations.push(d.clone());
+                }
+            }
+            if !route.continue_ {
+                return decision;
+            }
+        }
+        if decision.routes.is_empty() && decision.muted.is_none() && !self.default_to.is_empty() {
+            decision.routes.push(DEFAULT_ROUTE.to_string());
+            decision.destinations = self.default_to.clone();
+        }
+        decision
+    }
+}

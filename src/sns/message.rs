@@ -1,0 +1,358 @@
+//! The SNS message as it arrives on the wire, and the parse that turns untrusted JSON into
+//! a typed [`SnsMessage`] (still unverified) with every required field present.
+
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+use super::SnsError;
+
+/// The three message types SNS delivers to an HTTP(S) subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    Notification,
+    SubscriptionConfirmation,
+    UnsubscribeConfirmation,
+}
+
+impl MessageType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Notification => "Notification",
+            MessageType::SubscriptionConfirmation => "SubscriptionConfirmation",
+            MessageType::UnsubscribeConfirmation => "UnsubscribeConfirmation",
+        }
+    }
+
+    /// Metric label value (snake case keeps Prometheus label values conventional).
+    pub fn label(self) -> &'static str {
+        match self {
+            MessageType::Notification => "notification",
+            MessageType::SubscriptionConfirmation => "subscription_confirmation",
+            MessageType::UnsubscribeConfirmation => "unsubscribe_confirmation",
+        }
+    }
+}
+
+/// SHA1withRSA (1) or SHA256withRSA (2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureVersion {
+    V1,
+    V2,
+}
+
+/// The wire shape. Every field is optional here so that a missing one becomes a precise
+/// error rather than a generic serde message; SNS key spellings are given one by one
+/// because serde's PascalCase renaming would produce `SigningCertUrl` for `SigningCertURL`.
+/// Lambda-record spellings are accepted as aliases, as AWS's own validators do.
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(rename = "Type")]
+    kind: Option<String>,
+    #[serde(rename = "MessageId")]
+    message_id: Option<String>,
+    #[serde(rename = "Token")]
+    token: Option<String>,
+    #[serde(rename = "TopicArn")]
+    topic_arn: Option<String>,
+    #[serde(rename = "Subject")]
+    subject: Option<String>,
+    #[serde(rename = "Message")]
+    message: Option<String>,
+    #[serde(rename = "Timestamp")]
+    timestamp: Option<String>,
+    #[serde(rename = "SignatureVersion")]
+    signature_version: Option<String>,
+    #[serde(rename = "Signature")]
+    signature: Option<String>,
+    #[serde(rename = "SigningCertURL", alias = "SigningCertUrl")]
+    signing_cert_url: Option<String>,
+    #[serde(rename = "SubscribeURL")]
+    subscribe_url: Option<String>,
+    #[serde(rename = "UnsubscribeURL", alias = "UnsubscribeUrl")]
+    unsubscribe_url: Option<String>,
+}
+
+/// A structurally complete SNS message whose signature has not been checked yet.
+#[derive(Debug, Clone)]
+pub struct SnsMessage {
+    pub kind: MessageType,
+    pub message_id: String,
+    pub topic_arn: String,
+    pub subject: Option<String>,
+    pub message: String,
+    /// The exact `Timestamp` text: it is part of the string to sign.
+    pub timestamp_raw: String,
+    pub timestamp: SystemTime,
+    pub signature_version: SignatureVersion,
+    pub signature: Vec<u8>,
+    pub signing_cert_url: String,
+    pub token: Option<String>,
+    pub subscribe_url: Option<String>,
+    pub unsubscribe_url: Option<String>,
+}
+
+/// Longest value we accept for the identifiers that end up in logs, metrics and keys.
+const MAX_ID_LEN: usize = 256;
+
+impl SnsMessage {
+    /// Parses a request body. Never panics on any input.
+    pub fn parse(body: &[u8]) -> Result<SnsMessage, SnsError> {
+        let wire: WireMessage =
+            serde_json::from_slice(body).map_err(|e| SnsError::Malformed(e.to_string()))?;
+        let kind = match wire.kind.as_deref() {
+            None => return Err(SnsError::MissingField("Type")),
+            Some("Notification") => MessageType::Notification,
+            Some("SubscriptionConfirmation") => MessageType::SubscriptionConfirmation,
+            Some("UnsubscribeConfirmation") => MessageType::UnsubscribeConfirmation,
+            Some(other) => return Err(SnsError::UnknownType(truncate(other, 64))),
+        };
+        let message_id = required(wire.message_id, "MessageId")?;
+        let topic_arn = required(wire.topic_arn, "TopicArn")?;
+        let message = required(wire.message, "Message")?;
+        let timestamp_raw = required(wire.timestamp, "Timestamp")?;
+        if message_id.len() > MAX_ID_LEN || topic_arn.len() > MAX_ID_LEN {
+            return Err(SnsError::Malformed("MessageId or TopicArn too long".into()));
+        }
+        let timestamp = humantime::parse_rfc3339(&timestamp_raw)
+            .map_err(|_| SnsError::BadTimestamp(truncate(&timestamp_raw, 64)))?;
+        let signature_version = match wire.signature_version.as_deref() {
+            None => return Err(SnsError::MissingField("SignatureVersion")),
+            Some("1") => SignatureVersion::V1,
+            Some("2") => SignatureVersion::V2,
+            Some(other) => return Err(SnsError::UnsupportedSignatureVersion(truncate(other, 16))),
+        };
+        let signature = required(wire.signature, "Signature")?;
+        let signature = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, signature)
+            .map_err(|_| SnsError::BadSignature("Signature is not base64"))?;
+        let signing_cert_url = required(wire.signing_cert_url, "SigningCertURL")?;
+        let (token, subscribe_url) = match kind {
+            MessageType::Notification => (wire.token, wire.subscribe_url),
+            _ => (
+                Some(required(wire.token, "Token")?),
+                Some(required(wire.subscribe_url, "SubscribeURL")?),
+            ),
+        };
+        Ok(SnsMessage {
+            kind,
+            message_id,
+            topic_arn,
+            subject: wire.subject,
+            message,
+            timestamp_raw,
+            timestamp,
+            signature_version,
+            signature,
+            signing_cert_url,
+            token,
+            subscribe_url,
+            unsubscribe_url: wire.unsubscribe_url,
+        })
+    }
+
+    /// The exact bytes AWS signs: `Key\nValue\n` pairs in a fixed order, from the decoded
+    /// JSON values. Subject is only part of it for a Notification that has one.
+    pub fn string_to_sign(&self) -> String {
+        let mut out = String::with_capacity(self.message.len() + 512);
+        let mut push = |k: &str, v: &str| {
+            out.push_str(k);
+            out.push('\n');
+            out.push_str(v);
+            out.push('\n');
+        };
+        match self.kind {
+            MessageType::Notification => {
+                push("Message", &self.message);
+                push("MessageId", &self.message_id);
+                if let Some(subject) = &self.subject {
+                    push("Subject", subject);
+                }
+                push("Timestamp", &self.timestamp_raw);
+                push("TopicArn", &self.topic_arn);
+                push("Type", self.kind.as_str());
+            }
+            MessageType::SubscriptionConfirmation | MessageType::UnsubscribeConfirmation => {
+                push("Message", &self.message);
+                push("MessageId", &self.message_id);
+                push("SubscribeURL", self.subscribe_url.as_deref().unwrap_or_default());
+                push("Timestamp", &self.timestamp_raw);
+                push("Token", self.token.as_deref().unwrap_or_default());
+                push("TopicArn", &self.topic_arn);
+                push("Type", self.kind.as_str());
+            }
+        }
+        out
+    }
+}
+
+fn required(v: Option<String>, name: &'static str) -> Result<String, SnsError> {
+    v.ok_or(SnsError::MissingField(name))
+}
+
+/// Cuts attacker-controlled text before it reaches a log line.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].escape_debug().to_string()
+}
+
+/// A parsed `arn:<partition>:sns:<region>:<account>:<name>` topic ARN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicArn<'a> {
+    pub partition: &'a str,
+    pub region: &'a str,
+    pub account: &'a str,
+    pub name: &'a str,
+}
+
+impl<'a> TopicArn<'a> {
+    pub fn parse(arn: &'a str) -> Option<TopicArn<'a>> {
+        let mut parts = arn.splitn(6, ':');
+        let (Some("arn"), Some(partition), Some("sns"), Some(region), Some(account), Some(name)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        if partition.is_empty() || region.is_empty() || name.is_empty() {
+            return None;
+        }
+        Some(TopicArn { partition, region, account, name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "Type": "Notification",
+            "MessageId": "id-1",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:alarms",
+            "Subject": "subj",
+            "Message": "hello",
+            "Timestamp": "2024-01-01T00:00:00.000Z",
+            "SignatureVersion": "2",
+            "Signature": "AAAA",
+            "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
+        })
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<SnsMessage, SnsError> {
+        SnsMessage::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn string_to_sign_notification_with_subject() {
+        let m = parse(&base()).unwrap();
+        assert_eq!(
+            m.string_to_sign(),
+            "Message\nhello\nMessageId\nid-1\nSubject\nsubj\nTimestamp\n2024-01-01T00:00:00.000Z\n\
+             TopicArn\narn:aws:sns:us-east-1:123456789012:alarms\nType\nNotification\n"
+        );
+    }
+
+    #[test]
+    fn string_to_sign_notification_without_subject_and_null_subject() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("Subject");
+        let expected = "Message\nhello\nMessageId\nid-1\nTimestamp\n2024-01-01T00:00:00.000Z\n\
+             TopicArn\narn:aws:sns:us-east-1:123456789012:alarms\nType\nNotification\n";
+        assert_eq!(parse(&v).unwrap().string_to_sign(), expected);
+        v["Subject"] = serde_json::Value::Null;
+        assert_eq!(parse(&v).unwrap().string_to_sign(), expected);
+    }
+
+    #[test]
+    fn string_to_sign_confirmations() {
+        for kind in ["SubscriptionConfirmation", "UnsubscribeConfirmation"] {
+            let mut v = base();
+            v["Type"] = kind.into();
+            v["Token"] = "tok".into();
+            v["SubscribeURL"] = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription".into();
+            let m = parse(&v).unwrap();
+            assert_eq!(
+                m.string_to_sign(),
+                format!(
+                    "Message\nhello\nMessageId\nid-1\nSubscribeURL\n\
+                     https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription\n\
+                     Timestamp\n2024-01-01T00:00:00.000Z\nToken\ntok\n\
+                     TopicArn\narn:aws:sns:us-east-1:123456789012:alarms\nType\n{kind}\n"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        for field in ["Type", "MessageId", "TopicArn", "Message", "Timestamp", "SignatureVersion", "Signature", "SigningCertURL"] {
+            let mut v = base();
+            v.as_object_mut().unwrap().remove(field);
+            match parse(&v) {
+                Err(SnsError::MissingField(f)) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let mut v = base();
+        v["Type"] = "SubscriptionConfirmation".into();
+        v["Token"] = "t".into();
+        assert!(matches!(parse(&v), Err(SnsError::MissingField("SubscribeURL"))));
+    }
+
+    #[test]
+    fn bad_shapes_are_rejected() {
+        let mut v = base();
+        v["Type"] = "Bogus".into();
+        assert!(matches!(parse(&v), Err(SnsError::UnknownType(_))));
+        for version in ["3", "0", "", "1.0"] {
+            let mut v = base();
+            v["SignatureVersion"] = version.into();
+            assert!(matches!(parse(&v), Err(SnsError::UnsupportedSignatureVersion(_))), "{version}");
+        }
+        let mut v = base();
+        v["SignatureVersion"] = 2.into();
+        assert!(matches!(parse(&v), Err(SnsError::Malformed(_))));
+        let mut v = base();
+        v["Timestamp"] = "yesterday".into();
+        assert!(matches!(parse(&v), Err(SnsError::BadTimestamp(_))));
+        let mut v = base();
+        v["Signature"] = "!!!not base64".into();
+        assert!(matches!(parse(&v), Err(SnsError::BadSignature(_))));
+        assert!(matches!(SnsMessage::parse(b"not json"), Err(SnsError::Malformed(_))));
+        assert!(matches!(SnsMessage::parse(b"\xff\xfe{}"), Err(SnsError::Malformed(_))));
+        assert!(matches!(SnsMessage::parse(b"[1,2]"), Err(SnsError::Malformed(_))));
+        // A duplicated key is a smuggling attempt (which value was signed?): refuse it.
+        let dup = br#"{"Type":"Notification","Type":"Notification"}"#;
+        assert!(matches!(SnsMessage::parse(dup), Err(SnsError::Malformed(_))));
+    }
+
+    #[test]
+    fn lambda_spellings_are_accepted() {
+        let mut v = base();
+        let url = v.as_object_mut().unwrap().remove("SigningCertURL").unwrap();
+        v["SigningCertUrl"] = url.clone();
+        assert_eq!(parse(&v).unwrap().signing_cert_url, url.as_str().unwrap());
+    }
+
+    #[test]
+    fn topic_arns() {
+        let t = TopicArn::parse("arn:aws-cn:sns:cn-north-1:123:a:b").unwrap();
+        assert_eq!((t.partition, t.region, t.account, t.name), ("aws-cn", "cn-north-1", "123", "a:b"));
+        assert!(TopicArn::parse("arn:aws:sqs:us-east-1:1:q").is_none());
+        assert!(TopicArn::parse("arn:aws:sns:us-east-1:1").is_none());
+        assert!(TopicArn::parse("").is_none());
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate("a\nb", 10), "a\\nb");
+    }
+}

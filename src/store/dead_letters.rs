@@ -1,0 +1,136 @@
+//! Dead letters: deliveries given up on, one JSON file each under `<data-dir>/dead-letters/`.
+//! Files (not database rows) so that the command line can list, show and purge them while
+//! the gateway runs and holds the database lock. A replay moves the file to
+//! `<data-dir>/replay/`, and the gateway takes it back into its queue from there.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::Envelope;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// `<seq>-<destination>`: unique, and the file name.
+    pub id: String,
+    pub destination: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub failed_at: String,
+    pub accepted_at_ms: u64,
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    dead_dir: PathBuf,
+    replay_dir: PathBuf,
+}
+
+impl DeadLetters {
+    pub fn new(data_dir: &Path) -> DeadLetters {
+        DeadLetters { dead_dir: data_dir.join("dead-letters"), replay_dir: data_dir.join("replay") }
+    }
+
+    fn file(dir: &Path, id: &str) -> Option<PathBuf> {
+        // Ids come from the command line for show/replay/purge: keep them to one file name.
+        if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
+            return None;
+        }
+        Some(dir.join(format!("{id}.json")))
+    }
+
+    /// Writes atomically (temp file, fsync, rename, fsync dir) so a crash leaves either
+    /// no file or a whole one.
+    pub fn write(&self, letter: &DeadLetter) -> std::io::Result<()> {
+        write_atomic(&self.dead_dir, &letter.id, letter)
+    }
+
+    /// Every dead letter, oldest first; unreadable files are reported, not skipped silently.
+    pub fn list(&self) -> Vec<Result<DeadLetter, String>> {
+        let mut out = read_dir_json(&self.dead_dir);
+        out.sort_by_key(|(path, r)| match r {
+            Ok(l) => (l.accepted_at_ms, l.id.clone()),
+            Err(_) => (0, path.display().to_string()),
+        });
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+
+    pub fn show(&self, id: &str) -> Result<DeadLetter, String> {
+        let path = DeadLetters::file(&self.dead_dir, id).ok_or_else(|| format!("bad id {id:?}"))?;
+        let bytes = std::fs::read(&path).map_err(|e| format!("{id}: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{id}: unreadable: {e}"))
+    }
+
+    /// Queues a dead letter for redelivery; returns false if it does not exist.
+    pub fn replay(&self, id: &str) -> std::io::Result<bool> {
+        let (Some(from), Some(to)) = (DeadLetters::file(&self.dead_dir, id), DeadLetters::file(&self.replay_dir, id)) else {
+            return Ok(false);
+        };
+        if !from.exists() {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(&self.replay_dir)?;
+        std::fs::rename(&from, &to)?;
+        sync_dir(&self.replay_dir);
+        Ok(true)
+    }
+
+    pub fn purge(&self, id: &str) -> std::io::Result<bool> {
+        let Some(path) = DeadLetters::file(&self.dead_dir, id) else { return Ok(false) };
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Dead letters waiting in `replay/`, with their paths.
+    pub fn replays(&self) -> Vec<(PathBuf, DeadLetter)> {
+        read_dir_json(&self.replay_dir)
+            .into_iter()
+            .filter_map(|(path, r)| match r {
+                Ok(l) => Some((path, l)),
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable replay file left in place");
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+fn read_dir_json(dir: &Path) -> Vec<(PathBuf, Result<DeadLetter, String>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let r = std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .map_err(|e| format!("{}: {e}", p.display()));
+            (p, r)
+        })
+        .collect()
+}
+
+fn write_atomic(dir: &Path, id: &str, letter: &DeadLetter) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = DeadLetters::file(dir, id).ok_or_else(|| std::io::Error::other("bad dead letter id"))?;
+    let tmp = dir.join(format!(".{id}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(letter).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
