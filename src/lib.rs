@@ -21,6 +21,7 @@ pub mod route;
 pub mod server;
 pub mod sns;
 pub mod store;
+pub mod testkit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
