@@ -38,7 +38,7 @@ use deliver::{Deliverer, HttpClient};
 use metrics::Metrics;
 use route::{Envelope, Facts, Notification};
 use server::shutdown::{self, ShutdownTrigger};
-use sns::{Clock, CertStore, DevPrefixes, Fetcher, MessageType, Policy, SnsError, VerifiedMessage, Verifier};
+use sns::{CertStore, Clock, DevPrefixes, Fetcher, MessageType, Policy, SnsError, VerifiedMessage, Verifier};
 use store::{Store, StoreError};
 
 /// What happened to an accepted request (all answered 200).
@@ -337,7 +337,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         Some((cert, key)) => Some(server::tls::acceptor(cert, key)?),
         None => None,
     };
-    let public = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+    let public =
+        tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
     let admin = tokio::net::TcpListener::bind(settings.admin_listen)
         .await
         .with_context(|| format!("binding admin {}", settings.admin_listen))?;
@@ -365,7 +366,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     let limits = settings.limits;
     let grace = settings.shutdown_timeout;
-    let public_task = tokio::spawn(server::serve_public(public, tls, gateway.clone(), limits, shutdown_rx.clone(), grace));
+    let public_task =
+        tokio::spawn(server::serve_public(public, tls, gateway.clone(), limits, shutdown_rx.clone(), grace));
     let mut on_shutdown = shutdown_rx;
     let done = tokio::spawn(async move {
         on_shutdown.recv().await;

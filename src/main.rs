@@ -123,7 +123,9 @@ fn main() -> ExitCode {
             serve(s)
         }
         Command::Check { config } => commands::check::run(&config, &mut out),
-        Command::RouteTest { config, payload, message } => commands::route_test::run(&config, &message, payload, &mut out),
+        Command::RouteTest { config, payload, message } => {
+            commands::route_test::run(&config, &message, payload, &mut out)
+        }
         Command::DeadLetters { data_dir, action } => {
             let (action, all) = match action {
                 DeadLetterCommand::List => (Action::List, false),

@@ -86,22 +86,17 @@ impl Metrics {
         let accepted = reg!("sns_accepted", "Notifications accepted (stored for delivery)", Counter::default());
         let duplicates = reg!("sns_duplicates", "Notifications dropped as duplicate MessageId", Counter::default());
         let unrouted = reg!("sns_unrouted", "Verified notifications that matched no route", Counter::default());
-        let cert_fetches =
-            reg!("cert_fetches", "Signing certificate loads by outcome", Family::default());
+        let cert_fetches = reg!("cert_fetches", "Signing certificate loads by outcome", Family::default());
         let cert_cache_hits = reg!("cert_cache_hits", "Signing certificate cache hits", Counter::default());
         let cert_pinned_loads =
             reg!("cert_pinned_loads", "Signing certificates answered from --sns-cert-dir", Counter::default());
-        let dev_prefix_fetches = reg!(
-            "dev_prefix_fetches",
-            "URLs fetched only because they match --sns-dev-url-prefix",
-            Counter::default()
-        );
+        let dev_prefix_fetches =
+            reg!("dev_prefix_fetches", "URLs fetched only because they match --sns-dev-url-prefix", Counter::default());
         let subscriptions =
             reg!("subscription_confirmations", "SubscriptionConfirmation handling by outcome", Family::default());
         let unsubscribe_confirmations =
             reg!("unsubscribe_confirmations", "UnsubscribeConfirmation messages seen", Counter::default());
-        let request_seconds =
-            reg!("sns_request_seconds", "POST /sns handling time", latency_histogram());
+        let request_seconds = reg!("sns_request_seconds", "POST /sns handling time", latency_histogram());
         let config_reloads = reg!("config_reloads", "routes.toml reloads by outcome", Family::default());
         let config_last_reload_success = reg!(
             "config_last_reload_success",
@@ -119,8 +114,7 @@ impl Metrics {
             Gauge::default()
         );
         let route_matches = reg!("route_matches", "Notifications matched, by route", Family::default());
-        let deliveries =
-            reg!("deliveries", "Delivery attempts by destination and outcome", Family::default());
+        let deliveries = reg!("deliveries", "Delivery attempts by destination and outcome", Family::default());
         let delivery_retries = reg!("delivery_retries", "Delivery retries by destination", Family::default());
         let delivery_seconds = reg!(
             "delivery_seconds",
@@ -128,7 +122,8 @@ impl Metrics {
             Family::<Named, Histogram, fn() -> Histogram>::new_with_constructor(delivery_histogram)
         );
         let queue_depth = reg!("queue_depth", "Pending deliveries, by destination", Family::default());
-        let dead_letters = reg!("dead_letters", "Deliveries given up and dead-lettered, by destination", Family::default());
+        let dead_letters =
+            reg!("dead_letters", "Deliveries given up and dead-lettered, by destination", Family::default());
         let destination_unhealthy = reg!(
             "destination_unhealthy",
             "1 when Slack said the webhook itself is gone (no_service, channel_is_archived, ...)",
@@ -140,8 +135,7 @@ impl Metrics {
             "Messages per durable commit (group commit)",
             Histogram::new(exponential_buckets(1.0, 2.0, 12))
         );
-        let store_commit_seconds =
-            reg!("store_commit_seconds", "Durable commit (fsync) latency", latency_histogram());
+        let store_commit_seconds = reg!("store_commit_seconds", "Durable commit (fsync) latency", latency_histogram());
         let store_errors = reg!("store_errors", "Durable store write failures", Counter::default());
         Metrics {
             registry: Arc::new(r),
@@ -193,7 +187,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn named<'a>(label: &'static str, value: &str) -> Named {
+    pub fn named(label: &'static str, value: &str) -> Named {
         [(label, value.to_string())]
     }
 }

@@ -31,7 +31,12 @@ fn verifier_at(msg: &SnsMessage, pinned: &std::path::Path) -> Verifier {
     // A fetcher that can reach nothing: the pinned file must be what answers.
     let fetcher = Fetcher::with_roots(Duration::from_millis(200), &[], Some("127.0.0.1:9".parse().unwrap()));
     let metrics = Metrics::new();
-    Verifier::new(CertStore::new(Some(pinned.to_path_buf()), fetcher, metrics.clone()), DevPrefixes::default(), Arc::new(move || at), metrics)
+    Verifier::new(
+        CertStore::new(Some(pinned.to_path_buf()), fetcher, metrics.clone()),
+        DevPrefixes::default(),
+        Arc::new(move || at),
+        metrics,
+    )
 }
 
 async fn verify_pinned(body: &[u8], pem: &[u8]) -> Result<(), SnsError> {
@@ -86,7 +91,8 @@ async fn tampered_messages_fail() {
 /// Changes one byte of `s` (an ASCII letter or digit, keeping a Timestamp parseable).
 fn flip_one_byte(s: &str) -> String {
     let mut b = s.as_bytes().to_vec();
-    let i = b.iter().rposition(|c| c.is_ascii_digit()).or_else(|| b.iter().rposition(|c| c.is_ascii_alphabetic())).unwrap();
+    let i =
+        b.iter().rposition(|c| c.is_ascii_digit()).or_else(|| b.iter().rposition(|c| c.is_ascii_alphabetic())).unwrap();
     b[i] = match b[i] {
         b'0'..=b'8' | b'a'..=b'y' | b'A'..=b'Y' => b[i] + 1,
         b'9' => b'0',
@@ -116,7 +122,12 @@ async fn a_one_byte_change_to_any_signed_field_fails() {
             let result = verify_pinned(changed.to_string().as_bytes(), &pem).await;
             // The signature check fails; a changed TopicArn may already fail the URL rule.
             assert!(
-                matches!(result, Err(SnsError::BadSignature(_)) | Err(SnsError::UntrustedCertUrl(_)) | Err(SnsError::CertNotValidAtTimestamp)),
+                matches!(
+                    result,
+                    Err(SnsError::BadSignature(_))
+                        | Err(SnsError::UntrustedCertUrl(_))
+                        | Err(SnsError::CertNotValidAtTimestamp)
+                ),
                 "{file} {field}: {result:?}"
             );
             checked += 1;
@@ -151,7 +162,12 @@ async fn real_messages_are_refused_at_todays_clock() {
     let msg = SnsMessage::parse(&body).unwrap();
     let metrics = Metrics::new();
     let fetcher = Fetcher::with_roots(Duration::from_millis(200), &[], Some("127.0.0.1:9".parse().unwrap()));
-    let v = Verifier::new(CertStore::new(None, fetcher, metrics.clone()), DevPrefixes::default(), sns::system_clock(), metrics);
+    let v = Verifier::new(
+        CertStore::new(None, fetcher, metrics.clone()),
+        DevPrefixes::default(),
+        sns::system_clock(),
+        metrics,
+    );
     let allow = |_: &str| true;
     let r = v.verify(msg, &Policy { topic_allowed: &allow, max_age: Duration::from_secs(3600) }).await;
     assert!(matches!(r, Err(SnsError::TooOld)), "{r:?}");

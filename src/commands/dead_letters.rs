@@ -64,12 +64,7 @@ pub fn run(data_dir: &Path, action: Action, all: bool, out: &mut dyn std::io::Wr
     }
 }
 
-fn each(
-    ids: Vec<String>,
-    out: &mut dyn std::io::Write,
-    f: impl Fn(&str) -> std::io::Result<bool>,
-    done: &str,
-) -> i32 {
+fn each(ids: Vec<String>, out: &mut dyn std::io::Write, f: impl Fn(&str) -> std::io::Result<bool>, done: &str) -> i32 {
     let mut code = 0;
     if ids.is_empty() {
         let _ = writeln!(out, "nothing to do (name dead letter ids, or --all)");

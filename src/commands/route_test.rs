@@ -44,11 +44,19 @@ pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn
     if let Some(m) = &decision.muted {
         let _ = writeln!(out, "muted by route: {m}");
     }
-    let _ = writeln!(out, "routes: {}", if decision.routes.is_empty() { "(none)".to_string() } else { decision.routes.join(", ") });
+    let _ = writeln!(
+        out,
+        "routes: {}",
+        if decision.routes.is_empty() { "(none)".to_string() } else { decision.routes.join(", ") }
+    );
     let _ = writeln!(
         out,
         "destinations: {}",
-        if decision.destinations.is_empty() { "(none: would be answered 200 and counted as unrouted)".to_string() } else { decision.destinations.join(", ") }
+        if decision.destinations.is_empty() {
+            "(none: would be answered 200 and counted as unrouted)".to_string()
+        } else {
+            decision.destinations.join(", ")
+        }
     );
     if payload {
         for name in &decision.destinations {

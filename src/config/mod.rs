@@ -301,14 +301,20 @@ impl Validator<'_> {
                 None => {
                     self.error(
                         &rule.field,
-                        format!("unknown severity field {:?}; known: {}", rule.field.get_ref(), SeverityField::NAMES.join(", ")),
+                        format!(
+                            "unknown severity field {:?}; known: {}",
+                            rule.field.get_ref(),
+                            SeverityField::NAMES.join(", ")
+                        ),
                     );
                     continue;
                 }
             };
             match regex::Regex::new(rule.regex.get_ref()) {
                 Ok(re) if re.captures_len() >= 2 => rules.push(SeverityRule { field, regex: re }),
-                Ok(_) => self.error(&rule.regex, "severity regex needs a capture group: its first capture is the severity"),
+                Ok(_) => {
+                    self.error(&rule.regex, "severity regex needs a capture group: its first capture is the severity")
+                }
                 Err(e) => self.error(&rule.regex, format!("bad regex: {e}")),
             }
         }
@@ -429,12 +435,16 @@ impl Validator<'_> {
                     if a.literals().iter().any(|l| n.literals().contains(l)) {
                         self.push(
                             route_start,
-                            format!("route {name:?} can never match: a {} value is both required and excluded", field.key()),
+                            format!(
+                                "route {name:?} can never match: a {} value is both required and excluded",
+                                field.key()
+                            ),
                             false,
                         );
                     }
                 }
-                let (Some(any), Some(none)) = (any.unwrap_or(Some(Vec::new())), none.unwrap_or(Some(Vec::new()))) else {
+                let (Some(any), Some(none)) = (any.unwrap_or(Some(Vec::new())), none.unwrap_or(Some(Vec::new())))
+                else {
                     continue;
                 };
                 if !any.is_empty() || !none.is_empty() {
@@ -502,8 +512,15 @@ impl Validator<'_> {
         let mut ok = true;
         for v in values.get_ref() {
             let text = v.get_ref();
-            if field == Field::State && !text.starts_with('~') && !text.contains(['*', '?', '[']) && !STATES.contains(&text.as_str()) {
-                self.error(v, format!("route {route:?}: {key} {text:?} is not a CloudWatch state ({})", STATES.join(", ")));
+            if field == Field::State
+                && !text.starts_with('~')
+                && !text.contains(['*', '?', '['])
+                && !STATES.contains(&text.as_str())
+            {
+                self.error(
+                    v,
+                    format!("route {route:?}: {key} {text:?} is not a CloudWatch state ({})", STATES.join(", ")),
+                );
                 ok = false;
                 continue;
             }

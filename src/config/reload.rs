@@ -36,12 +36,7 @@ impl ConfigHandle {
     pub fn new(config: Config, path: PathBuf, metrics: Metrics) -> ConfigHandle {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         metrics.config_last_reload_success.set(1);
-        ConfigHandle {
-            current: ArcSwap::from_pointee(config),
-            path,
-            last_text: std::sync::Mutex::new(text),
-            metrics,
-        }
+        ConfigHandle { current: ArcSwap::from_pointee(config), path, last_text: std::sync::Mutex::new(text), metrics }
     }
 
     pub fn get(&self) -> Arc<Config> {

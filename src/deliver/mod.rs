@@ -54,13 +54,17 @@ pub enum Verdict {
     RetryAfter(Duration),
     Backoff,
     /// Not retried; `gone` when the webhook itself no longer exists.
-    Fail { gone: bool },
+    Fail {
+        gone: bool,
+    },
 }
 
 pub fn judge(result: &Result<Answer, PostError>) -> Verdict {
     match result {
         Ok(a) if (200..300).contains(&a.status) => Verdict::Done,
-        Ok(a) if a.status == 429 => Verdict::RetryAfter(a.retry_after.unwrap_or(DEFAULT_RETRY_AFTER).max(Duration::from_millis(1))),
+        Ok(a) if a.status == 429 => {
+            Verdict::RetryAfter(a.retry_after.unwrap_or(DEFAULT_RETRY_AFTER).max(Duration::from_millis(1)))
+        }
         Ok(a) if a.status >= 500 || a.status == 408 => Verdict::Backoff,
         Ok(a) => Verdict::Fail { gone: webhook_gone(a) },
         Err(PostError::BadUrl) => Verdict::Fail { gone: false },
@@ -103,7 +107,13 @@ struct DelivererInner {
 }
 
 impl Deliverer {
-    pub fn new(store: Store, config: Arc<ConfigHandle>, client: HttpClient, metrics: Metrics, shutdown: Shutdown) -> Deliverer {
+    pub fn new(
+        store: Store,
+        config: Arc<ConfigHandle>,
+        client: HttpClient,
+        metrics: Metrics,
+        shutdown: Shutdown,
+    ) -> Deliverer {
         Deliverer {
             inner: Arc::new(DelivererInner {
                 store,
@@ -111,7 +121,10 @@ impl Deliverer {
                 client,
                 metrics,
                 queues: Mutex::new(HashMap::new()),
-                alarm_since: moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(7 * 86400)).build(),
+                alarm_since: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_idle(Duration::from_secs(7 * 86400))
+                    .build(),
                 shutdown,
                 tasks: tokio_util_like::TaskCount::default(),
             }),
@@ -125,7 +138,8 @@ impl Deliverer {
             let d_name = d.destination.clone();
             let queue = queues.entry(d.destination.clone()).or_insert_with(|| {
                 let q = Arc::new(Queue { items: Mutex::new(VecDeque::new()), wake: Notify::new() });
-                let worker = Worker { d: self.inner.clone(), name: d.destination.clone(), queue: q.clone(), limiter: None };
+                let worker =
+                    Worker { d: self.inner.clone(), name: d.destination.clone(), queue: q.clone(), limiter: None };
                 let guard = self.inner.tasks.enter();
                 tokio::spawn(async move {
                     worker.run().await;
@@ -216,7 +230,11 @@ impl Worker {
             match verdict {
                 Verdict::Done => {
                     attempts = 0;
-                    self.d.metrics.destination_unhealthy.get_or_create(&Metrics::named("destination", &self.name)).set(0);
+                    self.d
+                        .metrics
+                        .destination_unhealthy
+                        .get_or_create(&Metrics::named("destination", &self.name))
+                        .set(0);
                     let now = now_ms();
                     for del in batch_items(&batch) {
                         self.d
@@ -234,7 +252,11 @@ impl Worker {
                         Err(e) => e.to_string(),
                     };
                     if gone {
-                        self.d.metrics.destination_unhealthy.get_or_create(&Metrics::named("destination", &self.name)).set(1);
+                        self.d
+                            .metrics
+                            .destination_unhealthy
+                            .get_or_create(&Metrics::named("destination", &self.name))
+                            .set(1);
                         tracing::error!(destination = %self.name, answer = %answer, "webhook is gone (Slack says so); fix or replace this destination");
                     }
                     match (&dest.fallback, gone) {
@@ -323,7 +345,9 @@ impl Worker {
                     loaded.push((n, severity));
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(destination = %self.name, seq = del.seq, error = %e, "cannot read stored message"),
+                Err(e) => {
+                    tracing::error!(destination = %self.name, seq = del.seq, error = %e, "cannot read stored message")
+                }
             }
         }
         if loaded.is_empty() {
@@ -346,11 +370,7 @@ impl Worker {
     fn track_alarm(&self, n: &Notification) -> Option<Duration> {
         let a = n.alarm.as_ref()?;
         let key = format!("{}\u{0}{}", self.name, a.arn.as_deref().unwrap_or(&a.name));
-        let at = a
-            .state_change_time
-            .as_deref()
-            .and_then(parse_cloudwatch_time)
-            .unwrap_or_else(SystemTime::now);
+        let at = a.state_change_time.as_deref().and_then(parse_cloudwatch_time).unwrap_or_else(SystemTime::now);
         match a.new_state.as_str() {
             "ALARM" => {
                 if self.d.alarm_since.get(&key).is_none() {

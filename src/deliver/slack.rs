@@ -149,7 +149,8 @@ fn alarm_blocks(
     if let (Some(d), "OK") = (lasted, a.new_state.as_str()) {
         title.push_str(&format!(" after {}", short(d)));
     }
-    let mut blocks = vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&title, MAX_SECTION, "title", notes)}})];
+    let mut blocks =
+        vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&title, MAX_SECTION, "title", notes)}})];
     if let Some(reason) = &a.reason {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&escape(reason), MAX_SECTION, "reason", notes)}}));
     }
@@ -226,7 +227,8 @@ fn other_blocks(n: &Notification, notes: &mut Vec<String>) -> (String, Vec<Value
 pub fn render_digest(items: &[(Notification, String)]) -> Rendered {
     let mut notes = Vec::new();
     let names: Vec<String> = items.iter().map(|(n, _)| headline(n)).collect();
-    let text = cut(&format!("{} notifications: {}", items.len(), names.join(", ")), MAX_TEXT, "digest text", &mut notes);
+    let text =
+        cut(&format!("{} notifications: {}", items.len(), names.join(", ")), MAX_TEXT, "digest text", &mut notes);
     let mut blocks = Vec::new();
     for (n, severity) in items.iter().take(MAX_BLOCKS - 1) {
         let mut line = headline(n);
@@ -243,7 +245,11 @@ pub fn render_digest(items: &[(Notification, String)]) -> Rendered {
     if items.len() > MAX_BLOCKS - 1 {
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("and {} more (named in the text above)", items.len() - (MAX_BLOCKS - 1))}]}));
     }
-    let worst = items.iter().filter_map(|(n, _)| n.state()).find(|s| *s == "ALARM").or_else(|| items.first().and_then(|(n, _)| n.state()));
+    let worst = items
+        .iter()
+        .filter_map(|(n, _)| n.state())
+        .find(|s| *s == "ALARM")
+        .or_else(|| items.first().and_then(|(n, _)| n.state()));
     Rendered {
         payload: json!({"text": text, "attachments": [{"color": color(worst), "fallback": text, "blocks": blocks}]}),
         truncated: notes,
@@ -285,15 +291,27 @@ mod tests {
 
     #[test]
     fn alarm_message_has_everything_ops_need() {
-        let r = render(&alarm("prod-db-cpu", "ALARM", "Threshold Crossed: 1 datapoint [95.0]"), "critical", &Style::default(), None);
+        let r = render(
+            &alarm("prod-db-cpu", "ALARM", "Threshold Crossed: 1 datapoint [95.0]"),
+            "critical",
+            &Style::default(),
+            None,
+        );
         let text = r.payload["text"].as_str().unwrap();
         assert!(text.contains("prod-db-cpu") && text.contains("ALARM"), "{text}");
         assert_eq!(r.payload["attachments"][0]["color"], "#d0021b");
         let mut s = Vec::new();
         all_strings(&r.payload, &mut s);
         let all = s.join("\n");
-        for needle in ["Threshold Crossed", "AWS/EC2 CPUUtilization", "AVERAGE &gt; 90 over 300s × 2", "InstanceId=i-1", "123456789012 / eu-west-1",
-            "https://eu-west-1.console.aws.amazon.com/cloudwatch/home?region=eu-west-1#alarmsV2:alarm/prod-db-cpu", "critical"] {
+        for needle in [
+            "Threshold Crossed",
+            "AWS/EC2 CPUUtilization",
+            "AVERAGE &gt; 90 over 300s × 2",
+            "InstanceId=i-1",
+            "123456789012 / eu-west-1",
+            "https://eu-west-1.console.aws.amazon.com/cloudwatch/home?region=eu-west-1#alarmsV2:alarm/prod-db-cpu",
+            "critical",
+        ] {
             assert!(all.contains(needle), "missing {needle} in {all}");
         }
         assert!(r.truncated.is_empty());
@@ -344,12 +362,16 @@ mod tests {
 
     #[test]
     fn digest_names_every_alarm_and_stays_under_50_blocks() {
-        let items: Vec<_> = (0..60).map(|i| (alarm(&format!("alarm-{i}"), "ALARM", "r"), "warning".to_string())).collect();
+        let items: Vec<_> =
+            (0..60).map(|i| (alarm(&format!("alarm-{i}"), "ALARM", "r"), "warning".to_string())).collect();
         let r = render_digest(&items);
         let text = r.payload["text"].as_str().unwrap();
         assert!(text.starts_with("60 notifications"));
         for i in 0..60 {
-            assert!(text.contains(&format!("alarm-{i},")) || text.ends_with(&format!("alarm-{i}")), "alarm-{i} missing");
+            assert!(
+                text.contains(&format!("alarm-{i},")) || text.ends_with(&format!("alarm-{i}")),
+                "alarm-{i} missing"
+            );
         }
         assert!(r.payload["attachments"][0]["blocks"].as_array().unwrap().len() <= MAX_BLOCKS);
     }

@@ -146,7 +146,9 @@ async fn public(req: Request<Incoming>, gateway: &Gateway, limits: Limits, peer:
     if declared_too_big {
         return reject_too_large(metrics, peer);
     }
-    let body = match tokio::time::timeout(limits.body_timeout, Limited::new(req.into_body(), limits.max_body).collect()).await {
+    let body = match tokio::time::timeout(limits.body_timeout, Limited::new(req.into_body(), limits.max_body).collect())
+        .await
+    {
         Err(_) => {
             metrics.reject("body_timeout");
             tracing::warn!(%peer, "request body not received within the timeout");

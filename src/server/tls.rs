@@ -33,10 +33,8 @@ fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<CertifiedKey>> 
     anyhow::ensure!(!certs.is_empty(), "{}: no certificate", cert_path.display());
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?;
     let provider = rustls::crypto::ring::default_provider();
-    let signing_key = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?;
+    let signing_key =
+        provider.key_provider.load_private_key(key).map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?;
     Ok(Arc::new(CertifiedKey::new(certs, signing_key)))
 }
 

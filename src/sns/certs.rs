@@ -52,14 +52,12 @@ impl SigningCert {
         {
             return Err(CertError::Invalid("body is not exactly one PEM certificate"));
         }
-        let der = CertificateDer::from_pem_slice(trimmed.as_bytes())
-            .map_err(|_| CertError::Invalid("bad PEM"))?;
+        let der = CertificateDer::from_pem_slice(trimmed.as_bytes()).map_err(|_| CertError::Invalid("bad PEM"))?;
         SigningCert::from_der(&der)
     }
 
     pub fn from_der(der: &[u8]) -> Result<SigningCert, CertError> {
-        let (rest, cert) =
-            parse_x509_certificate(der).map_err(|_| CertError::Invalid("not an X.509 certificate"))?;
+        let (rest, cert) = parse_x509_certificate(der).map_err(|_| CertError::Invalid("not an X.509 certificate"))?;
         if !rest.is_empty() {
             return Err(CertError::Invalid("trailing data after certificate"));
         }
@@ -119,10 +117,7 @@ impl CertStore {
             self.metrics.cert_cache_hits.inc();
             return Ok(cert);
         }
-        self.cache
-            .try_get_with(url.to_string(), self.load(url))
-            .await
-            .map_err(|e: Arc<CertError>| (*e).clone())
+        self.cache.try_get_with(url.to_string(), self.load(url)).await.map_err(|e: Arc<CertError>| (*e).clone())
     }
 
     async fn load(&self, url: &str) -> Result<Arc<SigningCert>, CertError> {

@@ -70,25 +70,17 @@ impl Fetcher {
             // A malformed test root is a bug in the test, surfaced by its failing fetch.
             let _ = roots.add(root.clone());
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Fetcher {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            connect_override,
-            timeout,
-        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Fetcher { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), connect_override, timeout }
     }
 
     /// GETs `url` (http or https) and returns a body of at most `max_body` bytes; only 200 counts.
     pub async fn get(&self, url: &str, max_body: usize) -> Result<Bytes, FetchError> {
-        tokio::time::timeout(self.timeout, self.get_inner(url, max_body))
-            .await
-            .map_err(|_| FetchError::Timeout)?
+        tokio::time::timeout(self.timeout, self.get_inner(url, max_body)).await.map_err(|_| FetchError::Timeout)?
     }
 
     async fn get_inner(&self, url: &str, max_body: usize) -> Result<Bytes, FetchError> {
@@ -126,9 +118,8 @@ async fn send<T>(io: T, request: Request<Empty<Bytes>>, max_body: usize) -> Resu
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| FetchError::Http(e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| FetchError::Http(e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -136,9 +127,7 @@ where
     if response.status() != http::StatusCode::OK {
         return Err(FetchError::Status(response.status().as_u16()));
     }
-    let body = Limited::new(response.into_body(), max_body)
-        .collect()
-        .await
-        .map_err(|_| FetchError::TooLarge(max_body))?;
+    let body =
+        Limited::new(response.into_body(), max_body).collect().await.map_err(|_| FetchError::TooLarge(max_body))?;
     Ok(body.to_bytes())
 }

@@ -98,8 +98,7 @@ const MAX_ID_LEN: usize = 256;
 impl SnsMessage {
     /// Parses a request body. Never panics on any input.
     pub fn parse(body: &[u8]) -> Result<SnsMessage, SnsError> {
-        let wire: WireMessage =
-            serde_json::from_slice(body).map_err(|e| SnsError::Malformed(e.to_string()))?;
+        let wire: WireMessage = serde_json::from_slice(body).map_err(|e| SnsError::Malformed(e.to_string()))?;
         let kind = match wire.kind.as_deref() {
             None => return Err(SnsError::MissingField("Type")),
             Some("Notification") => MessageType::Notification,
@@ -128,10 +127,7 @@ impl SnsMessage {
         let signing_cert_url = required(wire.signing_cert_url, "SigningCertURL")?;
         let (token, subscribe_url) = match kind {
             MessageType::Notification => (wire.token, wire.subscribe_url),
-            _ => (
-                Some(required(wire.token, "Token")?),
-                Some(required(wire.subscribe_url, "SubscribeURL")?),
-            ),
+            _ => (Some(required(wire.token, "Token")?), Some(required(wire.subscribe_url, "SubscribeURL")?)),
         };
         Ok(SnsMessage {
             kind,
@@ -210,14 +206,9 @@ pub struct TopicArn<'a> {
 impl<'a> TopicArn<'a> {
     pub fn parse(arn: &'a str) -> Option<TopicArn<'a>> {
         let mut parts = arn.splitn(6, ':');
-        let (Some("arn"), Some(partition), Some("sns"), Some(region), Some(account), Some(name)) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some("arn"), Some(partition), Some("sns"), Some(region), Some(account), Some(name)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return None;
         };
         if partition.is_empty() || region.is_empty() || name.is_empty() {
@@ -292,7 +283,9 @@ mod tests {
 
     #[test]
     fn missing_fields_are_named() {
-        for field in ["Type", "MessageId", "TopicArn", "Message", "Timestamp", "SignatureVersion", "Signature", "SigningCertURL"] {
+        for field in
+            ["Type", "MessageId", "TopicArn", "Message", "Timestamp", "SignatureVersion", "Signature", "SigningCertURL"]
+        {
             let mut v = base();
             v.as_object_mut().unwrap().remove(field);
             match parse(&v) {

@@ -164,8 +164,7 @@ impl Verifier {
         if self.dev_prefixes.matches(&msg.signing_cert_url) {
             self.metrics.dev_prefix_fetches.inc();
         } else {
-            trust::check_signing_cert_url(&msg.signing_cert_url, &msg.topic_arn)
-                .map_err(SnsError::UntrustedCertUrl)?;
+            trust::check_signing_cert_url(&msg.signing_cert_url, &msg.topic_arn).map_err(SnsError::UntrustedCertUrl)?;
         }
         let cert = self.certs.get(&msg.signing_cert_url).await?;
         verify_signature(&msg, &cert)?;

@@ -66,9 +66,7 @@ fn sns_host_rest<'u>(url: &'u str, topic_arn: &str) -> Result<&'u str, Untrusted
     let (authority, path) = rest.split_at(slash);
     let host = match authority.strip_suffix(":443") {
         Some(h) => h,
-        None if authority.contains(':') || authority.contains('@') => {
-            return Err(UntrustedUrl::ExtraParts)
-        }
+        None if authority.contains(':') || authority.contains('@') => return Err(UntrustedUrl::ExtraParts),
         None => authority,
     };
     if host.contains('@') || host.contains(':') {
@@ -126,12 +124,7 @@ pub struct DevPrefixes(Vec<String>);
 
 impl DevPrefixes {
     pub fn new(prefixes: &[String]) -> DevPrefixes {
-        DevPrefixes(
-            prefixes
-                .iter()
-                .map(|p| if p.ends_with('/') { p.clone() } else { format!("{p}/") })
-                .collect(),
-        )
+        DevPrefixes(prefixes.iter().map(|p| if p.ends_with('/') { p.clone() } else { format!("{p}/") }).collect())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -65,7 +65,8 @@ impl DeadLetters {
 
     /// Queues a dead letter for redelivery; returns false if it does not exist.
     pub fn replay(&self, id: &str) -> std::io::Result<bool> {
-        let (Some(from), Some(to)) = (DeadLetters::file(&self.dead_dir, id), DeadLetters::file(&self.replay_dir, id)) else {
+        let (Some(from), Some(to)) = (DeadLetters::file(&self.dead_dir, id), DeadLetters::file(&self.replay_dir, id))
+        else {
             return Ok(false);
         };
         if !from.exists() {

@@ -151,7 +151,7 @@ impl Store {
         dir: &Path,
         max_messages: u64,
         metrics: Metrics,
-        (pending, dedup, stored): (Vec<Delivery>, Vec<(String, u64)>, u64),
+        (pending, dedup, stored): Contents,
         corrupt: Option<PathBuf>,
     ) -> Result<(Store, Recovered), StoreError> {
         let db = Arc::new(db);
@@ -164,7 +164,8 @@ impl Store {
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Io(e.to_string()))?;
         let dead = DeadLetters::new(dir);
-        let store = Store { inner: Arc::new(Inner { db, ops: tx, stored, max_messages, dir: dir.to_path_buf(), dead }) };
+        let store =
+            Store { inner: Arc::new(Inner { db, ops: tx, stored, max_messages, dir: dir.to_path_buf(), dead }) };
         Ok((store, Recovered { pending, dedup, corrupt }))
     }
 
@@ -274,7 +275,10 @@ impl Store {
     }
 }
 
-fn recover(db: &Database) -> Result<(Vec<Delivery>, Vec<(String, u64)>, u64), StoreError> {
+/// Pending deliveries, remembered MessageIds with their expiry, and the message count.
+type Contents = (Vec<Delivery>, Vec<(String, u64)>, u64);
+
+fn recover(db: &Database) -> Result<Contents, StoreError> {
     let w = db.begin_write().map_err(io)?;
     {
         // Creates the tables on first start so readers can open them.

@@ -107,7 +107,14 @@ impl TestSigner {
 }
 
 /// CloudWatch alarm JSON as SNS carries it in `Message`.
-pub fn alarm_message(name: &str, new_state: &str, old_state: &str, reason: &str, region: &str, account: &str) -> String {
+pub fn alarm_message(
+    name: &str,
+    new_state: &str,
+    old_state: &str,
+    reason: &str,
+    region: &str,
+    account: &str,
+) -> String {
     json!({
         "AlarmName": name,
         "AlarmDescription": null,
