@@ -40,6 +40,8 @@ enum Command {
         /// An SNS message or a bare CloudWatch alarm JSON file.
         message: PathBuf,
     },
+    /// A self-contained end-to-end run on 127.0.0.1: real gateway, fresh signing key, stand-in Slack.
+    Demo,
     /// Inspect and re-send what could not be delivered.
     DeadLetters {
         #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data")]
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
             init_logging(s.log_format);
             serve(s)
         }
+        Command::Demo => commands::demo::run(&mut out),
         Command::Check { config } => commands::check::run(&config, &mut out),
         Command::RouteTest { config, payload, message } => {
             commands::route_test::run(&config, &message, payload, &mut out)

@@ -3,4 +3,5 @@
 
 pub mod check;
 pub mod dead_letters;
+pub mod demo;
 pub mod route_test;
