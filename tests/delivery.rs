@@ -1,0 +1,195 @@
+//! Delivery against the stand-in Slack over real HTTP: every row of the failure table,
+//! ordering, isolation, rate-limit spacing and Retry-After timing.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn one_channel(sink: &SlackSink, channel: &str, opts: &str, extra: &str) -> String {
+    format!(
+        r#"
+[sns]
+topics = ["arn:aws:sns:*:123456789012:alarms-*"]
+
+[destinations.{channel}]
+url = "{url}"
+{opts}
+
+[[route]]
+name = "all"
+to = ["{channel}"]
+{extra}
+"#,
+        url = sink.url(channel)
+    )
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_success() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.script("c", vec![Reply::Status(500, "oops"), Reply::Status(503, "busy")]);
+    let gw = start(&one_channel(&sink, "c", "rate = \"100/s\"\nburst = 10", "")).await;
+    assert_eq!(gw.post(alarm(signer(), "r1", "prod-a", "ALARM").to_string()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(10), |p| p.iter().any(|p| p.status == 200)).await);
+    let statuses: Vec<u16> = sink.posts().iter().map(|p| p.status).collect();
+    assert_eq!(statuses, vec![500, 503, 200]);
+    assert!(gw.metrics().await.contains("webhook_relay_delivery_retries_total{destination=\"c\"} 2"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn too_many_requests_waits_retry_after() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.script("c", vec![Reply::TooMany(2)]);
+    let gw = start(&one_channel(&sink, "c", "rate = \"100/s\"\nburst = 10", "")).await;
+    assert_eq!(gw.post(alarm(signer(), "t1", "prod-a", "ALARM").to_string()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(10), |p| p.iter().any(|p| p.status == 200)).await);
+    let posts = sink.posts();
+    assert_eq!(posts[0].status, 429);
+    let gap = posts[1].at - posts[0].at;
+    assert!(gap >= Duration::from_millis(1950), "retried after {gap:?}, Retry-After was 2 s");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_client_errors_are_dead_letters_without_retry() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.script("c", vec![Reply::Status(400, "invalid_payload")]);
+    let gw = start(&one_channel(&sink, "c", "", "")).await;
+    assert_eq!(gw.post(alarm(signer(), "d1", "prod-a", "ALARM").to_string()).await.0, 200);
+    let dl = webhook_relay::store::DeadLetters::new(&gw.dir.path().join("data"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dl.list().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.posts().len(), 1, "a 400 must not be retried");
+    let letters = dl.list();
+    assert_eq!(letters.len(), 1);
+    let letter = letters[0].as_ref().unwrap();
+    assert!(letter.reason.contains("400") && letter.reason.contains("invalid_payload"), "{}", letter.reason);
+    assert!(!letter.reason.contains(&sink.url("c")));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn gone_webhook_marks_unhealthy_and_uses_fallback() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.script("main", vec![Reply::Status(404, "no_service")]);
+    let cfg = format!(
+        r#"
+[sns]
+topics = ["arn:aws:sns:*:123456789012:alarms-*"]
+[destinations.main]
+url = "{}"
+fallback = "backup"
+[destinations.backup]
+url = "{}"
+[[route]]
+name = "all"
+to = ["main"]
+"#,
+        sink.url("main"),
+        sink.url("backup")
+    );
+    let gw = start(&cfg).await;
+    assert_eq!(gw.post(alarm(signer(), "g1", "prod-a", "ALARM").to_string()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(5), |_| !sink.delivered("backup").is_empty()).await);
+    let m = gw.metrics().await;
+    assert!(m.contains("webhook_relay_destination_unhealthy{destination=\"main\"} 1"), "{m}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_budget_ends_in_a_dead_letter() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.script("c", vec![Reply::Status(500, "x"); 10]);
+    let gw = start(&one_channel(&sink, "c", "max_attempts = 3", "")).await;
+    assert_eq!(gw.post(alarm(signer(), "b1", "prod-a", "ALARM").to_string()).await.0, 200);
+    let dl = webhook_relay::store::DeadLetters::new(&gw.dir.path().join("data"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dl.list().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dl.list().len(), 1);
+    assert_eq!(sink.posts().len(), 3);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_destination_does_not_delay_another_and_order_is_kept() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.script("slow", vec![Reply::Slow(Duration::from_secs(3))]);
+    let cfg = format!(
+        r#"
+[sns]
+topics = ["arn:aws:sns:*:123456789012:alarms-*"]
+[destinations.slow]
+url = "{}"
+[destinations.fast]
+url = "{}"
+rate = "100/s"
+burst = 100
+[[route]]
+name = "all"
+to = ["slow", "fast"]
+"#,
+        sink.url("slow"),
+        sink.url("fast")
+    );
+    let gw = start(&cfg).await;
+    let started = Instant::now();
+    let states = ["ALARM", "OK", "ALARM", "OK"];
+    for (i, s) in states.iter().enumerate() {
+        assert_eq!(gw.post(alarm(signer(), &format!("o{i}"), "prod-flap", s).to_string()).await.0, 200);
+    }
+    assert!(sink.wait_until(Duration::from_secs(2), |_| sink.delivered("fast").len() == 4).await);
+    assert!(started.elapsed() < Duration::from_secs(2), "fast channel waited for the slow one");
+    let order: Vec<String> =
+        sink.delivered("fast").iter().map(|p| p.body["text"].as_str().unwrap().to_string()).collect();
+    for (text, state) in order.iter().zip(states) {
+        assert!(text.contains(&format!("{state}: prod-flap")), "{order:?}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limit_spaces_posts() {
+    let sink = SlackSink::start().await.unwrap();
+    let gw = start(&one_channel(&sink, "c", "rate = \"4/s\"\nburst = 1", "")).await;
+    // Two posts (below the digest threshold): the second must wait ~250 ms.
+    for i in 0..2 {
+        assert_eq!(gw.post(alarm(signer(), &format!("s{i}"), "prod-a", "ALARM").to_string()).await.0, 200);
+    }
+    assert!(sink.wait_until(Duration::from_secs(5), |p| p.len() == 2).await);
+    let p = sink.posts();
+    let gap = p[1].at - p[0].at;
+    assert!(gap >= Duration::from_millis(200), "posts {gap:?} apart at 4/s");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn backlog_becomes_a_digest_naming_every_alarm() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.script("c", vec![Reply::TooMany(1)]);
+    let gw = start(&one_channel(&sink, "c", "rate = \"100/s\"", "")).await;
+    for i in 0..8 {
+        assert_eq!(
+            gw.post(alarm(signer(), &format!("dg{i}"), &format!("prod-n{i}"), "ALARM").to_string()).await.0,
+            200
+        );
+    }
+    assert!(
+        sink.wait_until(Duration::from_secs(10), |_| {
+            let all: String =
+                sink.delivered("c").iter().map(|p| p.body["text"].as_str().unwrap_or("").to_string()).collect();
+            (0..8).all(|i| all.contains(&format!("prod-n{i}")))
+        })
+        .await,
+        "not every alarm reached Slack"
+    );
+    assert!(sink.delivered("c").len() < 8, "backlog was not merged into a digest");
+    gw.shutdown().await;
+}
