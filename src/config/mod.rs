@@ -216,6 +216,7 @@ impl Config {
             }
         };
         let config = v.build(raw);
+        v.problems.sort_by_key(|p| (p.line, p.column));
         let errors = v.problems.iter().any(|p| !p.warning);
         match config {
             Some(config) if !errors => Ok((config, v.problems)),

@@ -1,0 +1,216 @@
+//! The real binary: durability across `kill -9`, SIGTERM, and the command-line tools.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_webhook-relay");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn serve(dir: &Path, port: u16, admin: u16) -> Child {
+    Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--config")
+        .arg(dir.join("routes.toml"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--sns-cert-dir")
+        .arg(dir.join("certs"))
+        .args(["--shutdown-timeout", "5s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(admin: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
+            drop(tcp);
+            if reqwest_like::Client.get(([127, 0, 0, 1], admin).into(), "/readyz").await.0 == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gateway not ready");
+}
+
+#[tokio::test]
+async fn accepted_alarms_survive_kill_9_and_are_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let slack_port = free_port();
+    let url = format!("http://127.0.0.1:{slack_port}/hook/c");
+    let cfg = format!(
+        "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n[destinations.c]\nurl = \"{url}\"\nrate = \"200/s\"\nburst = 50\nmax_attempts = 1000\n[[route]]\nname = \"all\"\nto = [\"c\"]\n"
+    );
+    std::fs::write(dir.path().join("routes.toml"), cfg).unwrap();
+    signer().pin_into(&dir.path().join("certs")).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut child = serve(dir.path(), port, admin);
+    wait_ready(admin).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    const N: usize = 40;
+    for i in 0..N {
+        let body = alarm(signer(), &format!("k{i}"), &format!("prod-k{i}"), "ALARM").to_string();
+        assert_eq!(reqwest_like::Client.post(addr, "/sns", &[], body.into()).await.0, 200);
+    }
+    // Slack is down (connection refused) the whole time: nothing was delivered yet.
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let sink = SlackSink::start_on(([127, 0, 0, 1], slack_port).into()).await.unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut child = serve(dir.path(), port, admin);
+    wait_ready(admin).await;
+    let all_arrived = sink
+        .wait_until(Duration::from_secs(20), |_| {
+            let texts: String =
+                sink.delivered("c").iter().map(|p| p.body["text"].as_str().unwrap_or("").to_string() + "\n").collect();
+            (0..N).all(|i| texts.contains(&format!("prod-k{i}\n")) || texts.contains(&format!("prod-k{i},")))
+        })
+        .await;
+    assert!(all_arrived, "not every accepted alarm arrived after restart");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each alarm exactly once: count name occurrences across all delivered texts.
+    let texts: Vec<String> =
+        sink.delivered("c").iter().map(|p| p.body["text"].as_str().unwrap_or("").to_string()).collect();
+    let joined = texts.join("\n") + "\n";
+    let mut duplicates = 0;
+    for i in 0..N {
+        let name = format!("prod-k{i}");
+        let n = joined.matches(&format!("{name}\n")).count() + joined.matches(&format!("{name},")).count();
+        assert!(n >= 1, "{name} missing");
+        duplicates += n - 1;
+    }
+    assert_eq!(duplicates, 0, "deliveries repeated after restart");
+
+    // The MessageId memory survived the kill too.
+    let addr = ([127, 0, 0, 1], port).into();
+    let again = alarm(signer(), "k0", "prod-k0", "ALARM").to_string();
+    assert_eq!(reqwest_like::Client.post(addr, "/sns", &[], again.into()).await, (200, "duplicate\n".to_string()));
+
+    // SIGTERM: exits cleanly within the shutdown timeout.
+    let started = Instant::now();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
+
+#[test]
+fn dead_letter_commands_on_a_real_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let dl = webhook_relay::store::DeadLetters::new(dir.path());
+    for i in 0..2 {
+        dl.write(&webhook_relay::store::DeadLetter {
+            id: format!("{i}-ops"),
+            destination: "ops".into(),
+            reason: "HTTP 400 invalid_payload".into(),
+            attempts: 1,
+            failed_at: "2026-01-01T00:00:00Z".into(),
+            accepted_at_ms: i,
+            envelope: webhook_relay::route::Envelope {
+                message_id: format!("m{i}"),
+                topic_arn: TOPIC.into(),
+                subject: Some(format!("subject {i}")),
+                message: "{}".into(),
+                timestamp: "2026-01-01T00:00:00Z".into(),
+            },
+        })
+        .unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).arg("dead-letters").arg("--data-dir").arg(dir.path()).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, list) = run(&["list"]);
+    assert_eq!(code, Some(0));
+    assert!(list.contains("0-ops") && list.contains("1-ops") && list.contains("invalid_payload"), "{list}");
+    let (code, show) = run(&["show", "1-ops"]);
+    assert_eq!(code, Some(0));
+    assert!(show.contains("subject 1"));
+    assert_eq!(run(&["show", "../etc/passwd"]).0, Some(1));
+    assert_eq!(run(&["replay", "0-ops"]).0, Some(0));
+    assert!(dir.path().join("replay/0-ops.json").exists());
+    assert_eq!(run(&["purge", "1-ops"]).0, Some(0));
+    assert_eq!(run(&["purge", "1-ops"]).0, Some(1));
+    assert!(run(&["list"]).1.contains("no dead letters"));
+}
+
+#[test]
+fn check_accepts_the_example_and_reports_problems_with_lines() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&example)
+        .env("SLACK_OPS_CRITICAL", "https://hooks.slack.invalid/a")
+        .env("SLACK_ONCALL", "https://hooks.slack.invalid/b")
+        .env("SLACK_OPS_DEFAULT", "https://hooks.slack.invalid/c")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("routes.toml");
+    std::fs::write(
+        &bad,
+        "[sns]\ntopics = [\"arn:aws:sns:*:1:a\"]\n[destinations.a]\nurl = \"https://hooks.slack.invalid/SECRETVALUE\"\n\
+         [destinations.b]\nurl = \"env:WEBHOOK_RELAY_TEST_UNSET\"\n[[route]]\nname = \"x\"\nto = [\"nope\"]\n\
+         [[route]]\nname = \"x\"\nstate = [\"ALRM\"]\nto = [\"a\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(":4:7: warning") && text.contains("written in the file"), "{text}");
+    assert!(text.contains(":6:7: error") && text.contains("WEBHOOK_RELAY_TEST_UNSET"), "{text}");
+    assert!(text.contains(":9:7: error") && text.contains("unknown destination \"nope\""), "{text}");
+    assert!(text.contains(":11:8: error") && text.contains("duplicate route name"), "{text}");
+    assert!(text.contains(":12:10: error") && text.contains("ALRM"), "{text}");
+    assert!(!text.contains("SECRETVALUE"), "check printed a secret: {text}");
+}
+
+#[test]
+fn route_test_explains_where_a_real_alarm_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("routes.toml");
+    std::fs::write(
+        &cfg,
+        "[sns]\ntopics = [\"*\"]\n[severity]\nrules = [{ field = \"alarm_name\", regex = '(?i)(critical)' }]\n\
+         [destinations.a]\nurl = \"http://127.0.0.1:1/a\"\n[destinations.b]\nurl = \"http://127.0.0.1:1/b\"\n\
+         [[route]]\nname = \"west\"\nregion = [\"us-west-2\"]\nstate = [\"ALARM\"]\nto = [\"a\"]\n\
+         [default_route]\nto = [\"b\"]\n",
+    )
+    .unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/sns-real/cloudwatch-alarm-v1-us-west-2-2020-asg.json");
+    let out = Command::new(BIN).args(["route-test", "--payload", "--config"]).arg(&cfg).arg(&fixture).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("routes: west") && text.contains("destinations: a"), "{text}");
+    assert!(text.contains("\"attachments\""), "--payload printed no JSON: {text}");
+    assert!(!text.contains("127.0.0.1:1/a"), "route-test printed a webhook URL");
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("403 bad_signature"), "{text}");
+    assert!(text.contains("200 duplicate"), "{text}");
+    assert!(text.contains("#oncall") && text.contains("answered 429"), "{text}");
+    assert!(
+        text.contains("prod-cache-evictions-critical") && text.contains("webhook_relay_sns_accepted_total 8"),
+        "{text}"
+    );
+}
