@@ -116,10 +116,9 @@ async fn demo(out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         signer.notification(TOPIC, "m-10", Some("Deployment finished"), r#"{"service":"api","version":"1.42.0"}"#),
     ));
 
-    let client = crate::testkit::slack_sink::post_client();
     writeln!(out, "sending {} SNS requests:", sends.len())?;
     for (what, body) in &sends {
-        let (status, answer) = client(running.addr, body.to_string()).await?;
+        let (status, answer) = crate::testkit::slack_sink::post_sns(running.addr, body.to_string()).await?;
         writeln!(out, "  {status} {:<28} {what}", answer.trim())?;
     }
 

@@ -149,22 +149,16 @@ impl SlackSink {
 }
 
 /// A one-request HTTP/1.1 POST to `/sns`, for the demo and the load generator.
-pub fn post_client(
-) -> impl Fn(SocketAddr, String) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<(u16, String)>> + Send>>
-{
-    |addr, body| {
-        Box::pin(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            let req = hyper::Request::post("/sns")
-                .header(hyper::header::HOST, addr.to_string())
-                .header(hyper::header::CONTENT_TYPE, "text/plain; charset=UTF-8")
-                .body(Full::new(Bytes::from(body)))?;
-            let resp = sender.send_request(req).await?;
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok((status, String::from_utf8_lossy(&body).into_owned()))
-        })
-    }
+pub async fn post_sns(addr: SocketAddr, body: String) -> anyhow::Result<(u16, String)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/sns")
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "text/plain; charset=UTF-8")
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
