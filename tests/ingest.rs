@@ -187,3 +187,75 @@ async fn admin_endpoints_and_unknown_paths() {
     assert!(m.contains("webhook_relay_sns_request_seconds"), "{m}");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn serves_https_with_the_given_certificate() {
+    let sink = SlackSink::start().await.unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let gw = start_with(&routes(&sink, ""), |s| s.tls = Some((cert_path, key_path))).await;
+    // A client that trusts exactly this certificate posts over TLS.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let body = alarm(signer(), "tls-1", "prod-a", "ALARM").to_string();
+    let req = hyper::Request::post("/sns")
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Plain HTTP to the TLS port is not served.
+    let plain = tokio::time::timeout(Duration::from_secs(3), reqwest_like_try(gw.addr)).await;
+    assert!(!matches!(plain, Ok(Some(200))));
+    gw.shutdown().await;
+}
+
+async fn reqwest_like_try(addr: std::net::SocketAddr) -> Option<u16> {
+    use http_body_util::Full;
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/sns").header("host", "x").body(Full::new(bytes::Bytes::from("{}"))).ok()?;
+    sender.send_request(req).await.ok().map(|r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sink = SlackSink::start().await.unwrap();
+    let gw = start_with(&routes(&sink, ""), |s| {
+        s.limits.header_timeout = Duration::from_millis(300);
+        s.limits.body_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Headers never finish: the connection is closed.
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"POST /sns HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "slow headers held the connection open");
+    // Body promised but never sent: 408.
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"POST /sns HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{").await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf[..n]));
+    gw.shutdown().await;
+}
