@@ -38,7 +38,9 @@ use deliver::{Deliverer, HttpClient};
 use metrics::Metrics;
 use route::{Envelope, Facts, Notification};
 use server::shutdown::{self, ShutdownTrigger};
-use sns::{CertStore, Clock, DevPrefixes, Fetcher, MessageType, Policy, SnsError, VerifiedMessage, Verifier};
+use sns::{
+    CertStore, Clock, ConfirmError, DevPrefixes, Fetcher, MessageType, Policy, SnsError, VerifiedMessage, Verifier,
+};
 use store::{Store, StoreError};
 
 /// What happened to an accepted request (all answered 200).
@@ -105,8 +107,6 @@ pub struct Gateway {
     config: Arc<ConfigHandle>,
     store: Store,
     deliver: Deliverer,
-    /// Used for SubscribeURL confirmations (same no-redirect, short-timeout client as certs).
-    fetcher: Fetcher,
     metrics: Metrics,
     /// False once shutdown starts: new messages get 503 so SNS retries elsewhere or later.
     accepting: AtomicBool,
@@ -184,27 +184,22 @@ impl Gateway {
     }
 
     async fn confirm(&self, verified: VerifiedMessage, config: &Config) -> Result<Outcome, IngestError> {
-        let m = verified.get();
-        let url = m.subscribe_url.as_deref().unwrap_or_default();
+        let topic = &verified.get().topic_arn;
         if !config.sns.auto_confirm {
             self.metrics.subscriptions.get_or_create(&[("outcome", "auto_confirm_off")]).inc();
-            tracing::warn!(topic = %m.topic_arn, "SubscriptionConfirmation received; auto_confirm is off, confirm it by hand");
+            tracing::warn!(topic = %topic, "SubscriptionConfirmation received; auto_confirm is off, confirm it by hand");
             return Ok(Outcome::SubscriptionNotConfirmed);
         }
-        if self.verifier.dev_prefixes().matches(url) {
-            self.metrics.dev_prefix_fetches.inc();
-        } else {
-            sns::trust::check_subscribe_url(url, &m.topic_arn).map_err(SnsError::UntrustedSubscribeUrl)?;
-        }
-        match self.fetcher.get(url, 64 * 1024).await {
-            Ok(_) => {
+        match self.verifier.confirm_subscription(&verified).await {
+            Ok(()) => {
                 self.metrics.subscriptions.get_or_create(&[("outcome", "confirmed")]).inc();
-                tracing::info!(topic = %m.topic_arn, "subscription confirmed");
+                tracing::info!(topic = %topic, "subscription confirmed");
                 Ok(Outcome::SubscriptionConfirmed)
             }
-            Err(e) => {
+            Err(ConfirmError::Refused(e)) => Err(e.into()),
+            Err(ConfirmError::Fetch(e)) => {
                 self.metrics.subscriptions.get_or_create(&[("outcome", "failed")]).inc();
-                tracing::error!(topic = %m.topic_arn, error = %e, "subscription confirmation failed; SNS will resend");
+                tracing::error!(topic = %topic, error = %e, "subscription confirmation failed; SNS will resend");
                 Err(IngestError::Confirm(e.to_string()))
             }
         }
@@ -321,14 +316,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let fetcher = settings.fetcher.clone().unwrap_or_else(|| Fetcher::new(Duration::from_secs(5)));
     let certs = CertStore::new(settings.sns_cert_dir.clone(), fetcher.clone(), metrics.clone());
     let clock = settings.clock.clone().unwrap_or_else(sns::system_clock);
-    let verifier = Verifier::new(certs, dev, clock, metrics.clone());
+    let verifier = Verifier::new(certs, fetcher, dev, clock, metrics.clone());
     let gateway = Arc::new(Gateway {
         verifier,
         dedup,
         config: config.clone(),
         store: store.clone(),
         deliver: deliver.clone(),
-        fetcher,
         metrics: metrics.clone(),
         accepting: AtomicBool::new(true),
     });

@@ -32,7 +32,8 @@ fn verifier_at(msg: &SnsMessage, pinned: &std::path::Path) -> Verifier {
     let fetcher = Fetcher::with_roots(Duration::from_millis(200), &[], Some("127.0.0.1:9".parse().unwrap()));
     let metrics = Metrics::new();
     Verifier::new(
-        CertStore::new(Some(pinned.to_path_buf()), fetcher, metrics.clone()),
+        CertStore::new(Some(pinned.to_path_buf()), fetcher.clone(), metrics.clone()),
+        fetcher,
         DevPrefixes::default(),
         Arc::new(move || at),
         metrics,
@@ -163,7 +164,8 @@ async fn real_messages_are_refused_at_todays_clock() {
     let metrics = Metrics::new();
     let fetcher = Fetcher::with_roots(Duration::from_millis(200), &[], Some("127.0.0.1:9".parse().unwrap()));
     let v = Verifier::new(
-        CertStore::new(None, fetcher, metrics.clone()),
+        CertStore::new(None, fetcher.clone(), metrics.clone()),
+        fetcher,
         DevPrefixes::default(),
         sns::system_clock(),
         metrics,

@@ -59,11 +59,7 @@ async fn other_client_errors_are_dead_letters_without_retry() {
     sink.script("c", vec![Reply::Status(400, "invalid_payload")]);
     let gw = start(&one_channel(&sink, "c", "", "")).await;
     assert_eq!(gw.post(alarm(signer(), "d1", "prod-a", "ALARM").to_string()).await.0, 200);
-    let dl = webhook_relay::store::DeadLetters::new(&gw.dir.path().join("data"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while dl.list().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dl = gw.wait_dead_letters(Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.posts().len(), 1, "a 400 must not be retried");
     let letters = dl.list();
@@ -108,11 +104,7 @@ async fn retry_budget_ends_in_a_dead_letter() {
     sink.script("c", vec![Reply::Status(500, "x"); 10]);
     let gw = start(&one_channel(&sink, "c", "max_attempts = 3", "")).await;
     assert_eq!(gw.post(alarm(signer(), "b1", "prod-a", "ALARM").to_string()).await.0, 200);
-    let dl = webhook_relay::store::DeadLetters::new(&gw.dir.path().join("data"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while dl.list().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dl = gw.wait_dead_letters(Duration::from_secs(10)).await;
     assert_eq!(dl.list().len(), 1);
     assert_eq!(sink.posts().len(), 3);
     gw.shutdown().await;

@@ -254,8 +254,11 @@ impl Validator<'_> {
     fn build(&mut self, raw: RawConfig) -> Option<Config> {
         let sns = self.sns(raw.sns);
         let severity = self.severity(raw.severity);
-        let destinations = self.destinations(raw.destinations);
-        let router = self.routes(raw.route, raw.default_route, &destinations);
+        // Names declared in the file, valid or not: a route naming one that failed its own
+        // validation must not get a second "unknown destination" error.
+        let declared: HashSet<String> = raw.destinations.keys().cloned().collect();
+        let destinations = self.destinations(raw.destinations, &declared);
+        let router = self.routes(raw.route, raw.default_route, &destinations, &declared);
         Some(Config { sns: sns?, severity: severity?, destinations, router: router? })
     }
 
@@ -322,8 +325,11 @@ impl Validator<'_> {
         Some(SeverityRules::new(default, rules))
     }
 
-    fn destinations(&mut self, raw: BTreeMap<String, Spanned<RawDestination>>) -> BTreeMap<String, Destination> {
-        let names: HashSet<String> = raw.keys().cloned().collect();
+    fn destinations(
+        &mut self,
+        raw: BTreeMap<String, Spanned<RawDestination>>,
+        names: &HashSet<String>,
+    ) -> BTreeMap<String, Destination> {
         let mut out = BTreeMap::new();
         for (name, spanned) in raw {
             let d = spanned.into_inner();
@@ -394,6 +400,7 @@ impl Validator<'_> {
         raw: Vec<Spanned<RawRoute>>,
         default_route: Option<Spanned<RawDefaultRoute>>,
         destinations: &BTreeMap<String, Destination>,
+        declared: &HashSet<String>,
     ) -> Option<Router> {
         let mut specs = Vec::new();
         let mut seen = HashSet::new();
@@ -413,7 +420,7 @@ impl Validator<'_> {
                 );
             }
             let to = match &r.to {
-                Some(to) => self.destination_list(to, destinations, &format!("route {name:?}")),
+                Some(to) => self.destination_list(to, destinations, declared, &format!("route {name:?}")),
                 None if r.enabled => {
                     self.push(route_start, format!("route {name:?} has no `to`"), false);
                     Vec::new()
@@ -458,7 +465,7 @@ impl Validator<'_> {
             specs.push(RouteSpec { name, fields, to, continue_: r.continue_, enabled: r.enabled });
         }
         let default_to = match &default_route {
-            Some(d) => self.destination_list(&d.get_ref().to, destinations, "default_route"),
+            Some(d) => self.destination_list(&d.get_ref().to, destinations, declared, "default_route"),
             None => Vec::new(),
         };
         if let (Some(d), Some(shadow)) = (&default_route, &catch_all) {
@@ -475,6 +482,7 @@ impl Validator<'_> {
         &mut self,
         to: &Spanned<Vec<Spanned<String>>>,
         destinations: &BTreeMap<String, Destination>,
+        declared: &HashSet<String>,
         what: &str,
     ) -> Vec<String> {
         if to.get_ref().is_empty() {
@@ -486,10 +494,9 @@ impl Validator<'_> {
                 if !out.contains(d.get_ref()) {
                     out.push(d.get_ref().clone());
                 }
-            } else if !self.text.contains(&format!("[destinations.{}]", d.get_ref())) {
+            } else if !declared.contains(d.get_ref()) {
                 self.error(d, format!("{what}: unknown destination {:?}", d.get_ref()));
             }
-            // A destination that exists but failed validation already has its own error.
         }
         out
     }

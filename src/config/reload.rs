@@ -47,8 +47,10 @@ impl ConfigHandle {
         &self.path
     }
 
-    /// Re-reads the file; applies it only if it validates.
-    pub fn reload(&self) -> ReloadOutcome {
+    /// Re-reads the file; applies it only if it validates. Without `force`, unchanged text
+    /// is skipped (one write raises several events); SIGHUP forces, so that `file:`
+    /// secrets are re-read even when routes.toml itself did not change.
+    pub fn reload(&self, force: bool) -> ReloadOutcome {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) => {
@@ -59,7 +61,7 @@ impl ConfigHandle {
         };
         {
             let mut last = self.last_text.lock().unwrap_or_else(|p| p.into_inner());
-            if *last == text {
+            if *last == text && !force {
                 return ReloadOutcome::Unchanged;
             }
             *last = text.clone();
@@ -107,7 +109,8 @@ pub fn spawn_reloader(
     handle: Arc<ConfigHandle>,
     mut shutdown: crate::server::shutdown::Shutdown,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    let (tx, mut rx) = mpsc::channel::<()>(16);
+    // The message says whether to force (SIGHUP) or only reload changed text (file events).
+    let (tx, mut rx) = mpsc::channel::<bool>(16);
     let file_name = handle.path.file_name().map(|n| n.to_os_string());
     let events_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -118,7 +121,7 @@ pub fn spawn_reloader(
                 name == file_name.as_deref() || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
             });
             if relevant && !event.kind.is_access() {
-                let _ = events_tx.try_send(());
+                let _ = events_tx.try_send(false);
             }
         }
     })?;
@@ -138,7 +141,7 @@ pub fn spawn_reloader(
             };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading routes");
-                let _ = tx.send(()).await;
+                let _ = tx.send(true).await;
             }
         });
     }
@@ -148,12 +151,14 @@ pub fn spawn_reloader(
             tokio::select! {
                 _ = shutdown.recv() => return,
                 got = rx.recv() => {
-                    if got.is_none() { return; }
+                    let Some(mut force) = got else { return };
                     // Editors and kubelet write in several steps: settle, then drain.
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    while rx.try_recv().is_ok() {}
+                    while let Ok(f) = rx.try_recv() {
+                        force |= f;
+                    }
                     let h = handle.clone();
-                    let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+                    let _ = tokio::task::spawn_blocking(move || h.reload(force)).await;
                 }
             }
         }

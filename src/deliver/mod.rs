@@ -103,7 +103,7 @@ struct DelivererInner {
     alarm_since: AlarmSince,
     shutdown: Shutdown,
     /// Workers in flight, so shutdown can wait for the current posts to finish.
-    tasks: tokio_util_like::TaskCount,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Deliverer {
@@ -126,7 +126,7 @@ impl Deliverer {
                     .time_to_idle(Duration::from_secs(7 * 86400))
                     .build(),
                 shutdown,
-                tasks: tokio_util_like::TaskCount::default(),
+                tasks: tokio_util::task::TaskTracker::new(),
             }),
         }
     }
@@ -140,11 +140,7 @@ impl Deliverer {
                 let q = Arc::new(Queue { items: Mutex::new(VecDeque::new()), wake: Notify::new() });
                 let worker =
                     Worker { d: self.inner.clone(), name: d.destination.clone(), queue: q.clone(), limiter: None };
-                let guard = self.inner.tasks.enter();
-                tokio::spawn(async move {
-                    worker.run().await;
-                    drop(guard);
-                });
+                self.inner.tasks.spawn(worker.run());
                 q
             });
             let depth = {
@@ -168,7 +164,8 @@ impl Deliverer {
         for q in self.inner.queues.lock().unwrap_or_else(|p| p.into_inner()).values() {
             q.wake.notify_one();
         }
-        self.inner.tasks.wait_zero(timeout).await
+        self.inner.tasks.close();
+        tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_ok()
     }
 }
 
@@ -444,45 +441,6 @@ fn parse_cloudwatch_time(s: &str) -> Option<SystemTime> {
         None => s.to_string(),
     };
     humantime::parse_rfc3339_weak(&fixed).ok()
-}
-
-/// A counter of live tasks that can be awaited down to zero.
-mod tokio_util_like {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    #[derive(Default, Clone)]
-    pub struct TaskCount(Arc<(AtomicUsize, tokio::sync::Notify)>);
-
-    pub struct Guard(Arc<(AtomicUsize, tokio::sync::Notify)>);
-
-    impl TaskCount {
-        pub fn enter(&self) -> Guard {
-            self.0 .0.fetch_add(1, Ordering::SeqCst);
-            Guard(self.0.clone())
-        }
-
-        pub async fn wait_zero(&self, timeout: Duration) -> bool {
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                let notified = self.0 .1.notified();
-                if self.0 .0.load(Ordering::SeqCst) == 0 {
-                    return true;
-                }
-                if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                    return false;
-                }
-            }
-        }
-    }
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0 .0.fetch_sub(1, Ordering::SeqCst);
-            self.0 .1.notify_waiters();
-        }
-    }
 }
 
 #[cfg(test)]

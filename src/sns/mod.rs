@@ -95,6 +95,15 @@ impl SnsError {
     }
 }
 
+/// Why a subscription could not be confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    #[error(transparent)]
+    Refused(#[from] SnsError),
+    #[error("SubscribeURL fetch failed: {0}")]
+    Fetch(fetch::FetchError),
+}
+
 /// Clock source; injected so tests can verify real, long-expired AWS messages at their
 /// own Timestamp.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -130,22 +139,45 @@ pub struct Policy<'a> {
 /// Checks messages against the trust rules and their signing certificates.
 pub struct Verifier {
     certs: CertStore,
+    /// Also used for SubscribeURL confirmations: same no-redirect, short-timeout client.
+    fetcher: Fetcher,
     dev_prefixes: DevPrefixes,
     clock: Clock,
     metrics: Metrics,
 }
 
 impl Verifier {
-    pub fn new(certs: CertStore, dev_prefixes: DevPrefixes, clock: Clock, metrics: Metrics) -> Verifier {
-        Verifier { certs, dev_prefixes, clock, metrics }
+    pub fn new(
+        certs: CertStore,
+        fetcher: Fetcher,
+        dev_prefixes: DevPrefixes,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> Verifier {
+        Verifier { certs, fetcher, dev_prefixes, clock, metrics }
     }
 
     pub fn now(&self) -> SystemTime {
         (self.clock)()
     }
 
-    pub fn dev_prefixes(&self) -> &DevPrefixes {
-        &self.dev_prefixes
+    /// Trusted by `--sns-dev-url-prefix` (and counted), or else by the SNS host rule.
+    fn trust(&self, url: &str, rule: impl FnOnce() -> Result<(), SnsError>) -> Result<(), SnsError> {
+        if self.dev_prefixes.matches(url) {
+            self.metrics.dev_prefix_fetches.inc();
+            Ok(())
+        } else {
+            rule()
+        }
+    }
+
+    /// Confirms a verified SubscriptionConfirmation by GET of its SubscribeURL, after the
+    /// same host rule as certificates (no redirects followed).
+    pub async fn confirm_subscription(&self, msg: &VerifiedMessage) -> Result<(), ConfirmError> {
+        let m = msg.get();
+        let url = m.subscribe_url.as_deref().unwrap_or_default();
+        self.trust(url, || trust::check_subscribe_url(url, &m.topic_arn).map_err(SnsError::UntrustedSubscribeUrl))?;
+        self.fetcher.get(url, 64 * 1024).await.map(|_| ()).map_err(ConfirmError::Fetch)
     }
 
     /// Cheap checks first (topic, age, URL shape) so that a message we would refuse anyway

@@ -89,6 +89,16 @@ impl Gateway {
         self.client.get(self.admin, "/metrics").await.1
     }
 
+    /// The data dir's dead letters, once there is at least one (or the timeout passed).
+    pub async fn wait_dead_letters(&self, timeout: Duration) -> webhook_relay::store::DeadLetters {
+        let dl = webhook_relay::store::DeadLetters::new(&self.dir.path().join("data"));
+        let deadline = std::time::Instant::now() + timeout;
+        while dl.list().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        dl
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
