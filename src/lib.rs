@@ -373,7 +373,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         if !deliver.wait_stopped(left).await {
             tracing::warn!("delivery workers did not stop within the shutdown timeout");
         }
-        store.flush().await;
+        store.close().await;
         drop(watcher);
         tracing::info!(pending = deliver.pending(), "shut down; pending deliveries stay on disk");
     });

@@ -214,3 +214,40 @@ async fn full_store_answers_503_and_corrupt_store_is_set_aside() {
     assert!(aside, "corrupt file not set aside");
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn truncated_store_file_does_not_stop_the_gateway() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.stop(); // keep deliveries pending, so the file holds data
+    let gw = start(&routes(&sink, "")).await;
+    for i in 0..20 {
+        assert_eq!(gw.post(alarm(signer(), &format!("tr{i}"), "prod-a", "ALARM").to_string()).await.0, 200);
+    }
+    let dir = gw.dir.path().to_path_buf();
+    let running = {
+        let mut gw = gw;
+        let r = gw.running.take().unwrap();
+        r.shutdown().await;
+        gw
+    };
+    let db = dir.join("data").join(webhook_relay::store::DB_FILE);
+    let len = std::fs::metadata(&db).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let mut s = webhook_relay::Settings::new(dir.join("routes.toml"), dir.join("data"));
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.admin_listen = "127.0.0.1:0".parse().unwrap();
+    s.sns_cert_dir = Some(dir.join("certs"));
+    let restarted = webhook_relay::start(s).await.expect("starts with a truncated store");
+    let aside = std::fs::read_dir(dir.join("data"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
+    assert!(aside, "truncated file was neither repaired nor reported and set aside");
+    // It serves: a new alarm is accepted and stored.
+    let body = alarm(signer(), "tr-new", "prod-a", "ALARM").to_string();
+    assert_eq!(reqwest_like::Client.post(restarted.addr, "/sns", &[], body.into()).await.0, 200);
+    restarted.shutdown().await;
+    drop(running);
+}

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,8 +78,9 @@ enum Op {
     },
     /// A delivery is done (sent, or dead-lettered and written to its file).
     Finish { destination: String, seq: u64 },
-    /// Answered once everything queued before it is committed.
-    Flush { reply: oneshot::Sender<()> },
+    /// Answered once everything queued before it is committed; with `close`, the writer
+    /// then stops and releases the database.
+    Flush { reply: oneshot::Sender<()>, close: bool },
 }
 
 /// Handle to the store; cheap to clone.
@@ -96,6 +97,7 @@ struct Inner {
     max_messages: u64,
     dir: PathBuf,
     dead: DeadLetters,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// What the store held at open.
@@ -114,36 +116,18 @@ impl Store {
     pub fn open(dir: &Path, max_messages: u64, metrics: Metrics) -> Result<(Store, Recovered), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        let mut corrupt = None;
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Io(format!("{} is in use by another process", path.display())))
-            }
-            Err(e) => {
+        match open_and_recover(&path) {
+            Ok((db, contents)) => Store::start(db, dir, max_messages, metrics, contents, None),
+            Err(OpenError::InUse) => Err(StoreError::Io(format!("{} is in use by another process", path.display()))),
+            Err(OpenError::Unreadable(reason)) => {
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::dedup::unix_now()));
-                tracing::error!(path = %path.display(), error = %e, moved_to = %aside.display(),
+                tracing::error!(path = %path.display(), error = %reason, moved_to = %aside.display(),
                     "store file unreadable; set aside, starting with an empty store (dead letters are kept)");
                 std::fs::rename(&path, &aside).map_err(|e| StoreError::Io(e.to_string()))?;
-                corrupt = Some(aside);
-                Database::create(&path).map_err(io)?
+                let (db, contents) = open_and_recover(&path).map_err(|e| StoreError::Io(e.to_string()))?;
+                Store::start(db, dir, max_messages, metrics, contents, Some(aside))
             }
-        };
-        let (pending, dedup, stored) = match recover(&db) {
-            Ok(r) => r,
-            Err(e) if corrupt.is_none() => {
-                drop(db);
-                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::dedup::unix_now()));
-                tracing::error!(path = %path.display(), error = %e, moved_to = %aside.display(),
-                    "store content unreadable; set aside, starting with an empty store");
-                std::fs::rename(&path, &aside).map_err(|e| StoreError::Io(e.to_string()))?;
-                let db = Database::create(&path).map_err(io)?;
-                let fresh = recover(&db)?;
-                return Store::start(db, dir, max_messages, metrics, fresh, Some(aside));
-            }
-            Err(e) => return Err(e),
-        };
-        Store::start(db, dir, max_messages, metrics, (pending, dedup, stored), corrupt)
+        }
     }
 
     fn start(
@@ -159,13 +143,22 @@ impl Store {
         let stored = Arc::new(AtomicU64::new(stored));
         metrics.stored_messages.set(stored.load(Ordering::Relaxed) as i64);
         let writer = Writer { db: db.clone(), stored: stored.clone(), metrics };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Io(e.to_string()))?;
         let dead = DeadLetters::new(dir);
-        let store =
-            Store { inner: Arc::new(Inner { db, ops: tx, stored, max_messages, dir: dir.to_path_buf(), dead }) };
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                ops: tx,
+                stored,
+                max_messages,
+                dir: dir.to_path_buf(),
+                dead,
+                writer: std::sync::Mutex::new(Some(writer)),
+            }),
+        };
         Ok((store, Recovered { pending, dedup, corrupt }))
     }
 
@@ -221,8 +214,21 @@ impl Store {
     /// Waits until every operation sent so far is on disk.
     pub async fn flush(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.inner.ops.send(Op::Flush { reply }).await.is_ok() {
+        if self.inner.ops.send(Op::Flush { reply, close: false }).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+
+    /// Commits everything queued, stops the writer and waits for it; later writes fail
+    /// with [`StoreError::Closed`]. The file lock goes with the last `Store` clone.
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.inner.ops.send(Op::Flush { reply, close: true }).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
 
@@ -273,6 +279,33 @@ impl Store {
         }
         out
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("in use by another process")]
+    InUse,
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+/// Opens the file and reads what it holds. redb reports a damaged file as an error; the few
+/// damages that still reach an assertion inside redb are caught here and treated the same
+/// way (the handle is dropped and never used again), so a bad file cannot stop the gateway.
+fn open_and_recover(path: &Path) -> Result<(Database, Contents), OpenError> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match Database::create(path) {
+        Ok(db) => recover(&db).map(|c| (db, c)).map_err(|e| OpenError::Unreadable(e.to_string())),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(OpenError::InUse),
+        Err(e) => Err(OpenError::Unreadable(e.to_string())),
+    }));
+    attempt.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic while opening".into());
+        Err(OpenError::Unreadable(why))
+    })
 }
 
 /// Pending deliveries, remembered MessageIds with their expiry, and the message count.
@@ -331,18 +364,22 @@ impl Writer {
             if prune {
                 last_prune = Instant::now();
             }
-            self.commit(batch, prune);
+            if self.commit(batch, prune) {
+                return;
+            }
         }
     }
 
-    fn commit(&self, batch: Vec<Op>, prune: bool) {
+    /// Returns true when a close was requested.
+    fn commit(&self, batch: Vec<Op>, prune: bool) -> bool {
         let started = Instant::now();
         let size = batch.len();
         let mut replies = Vec::new();
         let mut flushes = Vec::new();
+        let mut closing = false;
         let result = (|| -> Result<i64, StoreError> {
             let mut txn = self.db.begin_write().map_err(io)?;
-            txn.set_durability(Durability::Immediate);
+            txn.set_durability(Durability::Immediate).map_err(io)?;
             let mut delta: i64 = 0;
             {
                 let mut messages = txn.open_table(MESSAGES).map_err(io)?;
@@ -374,7 +411,10 @@ impl Writer {
                             }
                             replies.push((reply, deliveries));
                         }
-                        Op::Flush { reply } => flushes.push(reply),
+                        Op::Flush { reply, close } => {
+                            closing |= close;
+                            flushes.push(reply);
+                        }
                         Op::Finish { destination, seq } => {
                             if pending.remove((destination.as_str(), seq)).map_err(io)?.is_none() {
                                 continue;
@@ -421,5 +461,6 @@ impl Writer {
                 }
             }
         }
+        closing
     }
 }

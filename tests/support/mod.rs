@@ -139,6 +139,19 @@ pub fn alarm(signer: &TestSigner, id: &str, name: &str, state: &str) -> serde_js
     signer.notification(TOPIC, id, Some(&format!("{state}: \"{name}\"")), &msg)
 }
 
+/// How often each alarm name starting with `prefix` (followed by digits) appears in the
+/// texts Slack received on `channel`; digests name several alarms in one text.
+pub fn name_counts(sink: &SlackSink, channel: &str, prefix: &str) -> std::collections::HashMap<String, usize> {
+    let re = regex::Regex::new(&format!(r"{}\d+\b", regex::escape(prefix))).unwrap();
+    let mut counts = std::collections::HashMap::new();
+    for p in sink.delivered(channel) {
+        for m in re.find_iter(p.body["text"].as_str().unwrap_or("")) {
+            *counts.entry(m.as_str().to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
 /// A tiny HTTP/1.1 client over hyper for the tests (no pooling, one request per call).
 pub mod reqwest_like {
     use super::*;
@@ -166,13 +179,23 @@ pub mod reqwest_like {
     }
 
     async fn send(addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> (u16, String) {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        try_send(addr, req).await.expect("request to the gateway")
+    }
+
+    /// For tests where the server may go away mid-request (shutdown).
+    pub async fn try_post(addr: SocketAddr, body: Bytes) -> anyhow::Result<(u16, String)> {
+        let req = hyper::Request::post("/sns").header("host", addr.to_string()).body(Full::new(body))?;
+        try_send(addr, req).await
+    }
+
+    async fn try_send(addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> anyhow::Result<(u16, String)> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
-        let resp = sender.send_request(req).await.unwrap();
+        let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }
 
