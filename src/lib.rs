@@ -33,7 +33,7 @@ use anyhow::Context;
 
 use config::reload::ConfigHandle;
 use config::Config;
-use dedup::{Claim, Dedup};
+use dedup::{Claim, Dedup, MessageKey};
 use deliver::{Deliverer, HttpClient};
 use metrics::Metrics;
 use route::{Envelope, Facts, Notification};
@@ -145,7 +145,8 @@ impl Gateway {
     async fn accept(&self, verified: VerifiedMessage, config: &Config) -> Result<Outcome, IngestError> {
         let m = verified.into_inner();
         let expires = dedup::expires_at(m.timestamp, config.sns.max_age);
-        if self.dedup.claim(&m.message_id, expires) == Claim::Duplicate {
+        let key = MessageKey::of(&m.message_id);
+        if self.dedup.claim(key, expires) == Claim::Duplicate {
             self.metrics.duplicates.inc();
             tracing::debug!(message_id = %m.message_id, "duplicate MessageId dropped");
             return Ok(Outcome::Duplicate);
@@ -163,21 +164,25 @@ impl Gateway {
         for r in &decision.routes {
             self.metrics.route_matches.get_or_create(&Metrics::named("route", r)).inc();
         }
-        match self.store.accept(notification.envelope, decision.destinations, expires).await {
+        match self.store.accept(&notification.envelope, decision.destinations, Some((key, expires))).await {
             Ok(deliveries) if deliveries.is_empty() => {
                 self.metrics.unrouted.inc();
                 tracing::info!(message_id = %message_id, muted_by = ?decision.muted, "notification matched no route");
                 Ok(Outcome::Unrouted)
             }
-            Ok(deliveries) => {
+            Ok(mut deliveries) => {
                 self.metrics.accepted.inc();
                 tracing::info!(message_id = %message_id, severity = %severity, routes = ?decision.routes, "notification accepted");
+                let prepared = Arc::new(route::Prepared { notification, severity });
+                for d in &mut deliveries {
+                    d.prepared = Some(prepared.clone());
+                }
                 self.deliver.enqueue(deliveries);
                 Ok(Outcome::Accepted)
             }
             Err(e) => {
                 // Not stored, so not promised: let SNS's retry be accepted.
-                self.dedup.release(&message_id);
+                self.dedup.release(key);
                 Err(e.into())
             }
         }
@@ -296,8 +301,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
     // Enough for the million-ids target; entries expire on their own schedule.
     let dedup = Dedup::new(2_000_000);
-    for (id, exp) in recovered.dedup {
-        dedup.remember(id, exp);
+    for (key, exp) in recovered.dedup {
+        dedup.remember(key, exp);
     }
     let deliver = Deliverer::new(
         store.clone(),

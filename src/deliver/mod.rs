@@ -21,13 +21,15 @@ use tokio::sync::Notify;
 use crate::config::reload::ConfigHandle;
 use crate::config::{Config, Destination};
 use crate::metrics::Metrics;
-use crate::route::Notification;
+use crate::route::{Notification, Prepared};
 use crate::server::shutdown::Shutdown;
 use crate::store::{Delivery, Store};
 pub use client::{Answer, HttpClient, PostError};
 
 /// Backlog at which a worker merges waiting notifications into one digest post.
 const DIGEST_AFTER: usize = 4;
+/// Queue depth up to which a delivery keeps its parsed notification in memory.
+const KEEP_PREPARED_UP_TO: usize = 2048;
 /// Most notifications in one digest.
 const DIGEST_MAX: usize = 20;
 /// Exponential backoff: base and cap of the full-jitter window.
@@ -145,6 +147,12 @@ impl Deliverer {
             });
             let depth = {
                 let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
+                let mut d = d;
+                if items.len() >= KEEP_PREPARED_UP_TO {
+                    // A long backlog (Slack down) must not hold every message in memory:
+                    // past this depth the worker reads them back from disk.
+                    d.prepared = None;
+                }
                 items.push_back(d);
                 items.len()
             };
@@ -333,13 +341,17 @@ impl Worker {
     }
 
     fn render(&self, batch: &Batch, config: &Config, dest: &Destination) -> Option<Bytes> {
-        let mut loaded = Vec::new();
+        let mut loaded: Vec<Arc<Prepared>> = Vec::new();
         for del in batch_items(batch) {
+            if let Some(p) = &del.prepared {
+                loaded.push(p.clone());
+                continue;
+            }
             match self.d.store.load(del.seq) {
                 Ok(Some(m)) => {
-                    let n = Notification::from_envelope(m.envelope);
-                    let severity = config.severity.classify(&n);
-                    loaded.push((n, severity));
+                    let notification = Notification::from_envelope(m.envelope);
+                    let severity = config.severity.classify(&notification);
+                    loaded.push(Arc::new(Prepared { notification, severity }));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -350,12 +362,12 @@ impl Worker {
         if loaded.is_empty() {
             return None;
         }
-        let rendered = if let [(n, severity)] = loaded.as_slice() {
-            let lasted = self.track_alarm(n);
-            slack::render(n, severity, &style(dest, severity), lasted)
+        let rendered = if let [p] = loaded.as_slice() {
+            let lasted = self.track_alarm(&p.notification);
+            slack::render(&p.notification, &p.severity, &style(dest, &p.severity), lasted)
         } else {
-            for (n, _) in &loaded {
-                self.track_alarm(n);
+            for p in &loaded {
+                self.track_alarm(&p.notification);
             }
             slack::render_digest(&loaded)
         };
@@ -396,7 +408,7 @@ impl Worker {
     async fn reroute(&self, batch: &Batch, fallback: &str, answer: &str) {
         for del in batch_items(batch) {
             let Ok(Some(m)) = self.d.store.load(del.seq) else { continue };
-            match self.d.store.accept(m.envelope, vec![fallback.to_string()], 0).await {
+            match self.d.store.accept(&m.envelope, vec![fallback.to_string()], None).await {
                 Ok(deliveries) => {
                     tracing::warn!(destination = %self.name, fallback, answer, "sent to fallback destination");
                     Deliverer { inner: self.d.clone() }.enqueue(deliveries);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::route::{Alarm, Notification};
+use crate::route::{Alarm, Notification, Prepared};
 
 /// Block Kit limits we stay inside.
 pub const MAX_SECTION: usize = 3000;
@@ -224,13 +224,14 @@ fn other_blocks(n: &Notification, notes: &mut Vec<String>) -> (String, Vec<Value
 
 /// Several pending notifications as one post, when a destination is behind its rate
 /// limit. The `text` names every alarm; one section per notification, within 50 blocks.
-pub fn render_digest(items: &[(Notification, String)]) -> Rendered {
+pub fn render_digest(items: &[std::sync::Arc<Prepared>]) -> Rendered {
     let mut notes = Vec::new();
-    let names: Vec<String> = items.iter().map(|(n, _)| headline(n)).collect();
+    let names: Vec<String> = items.iter().map(|p| headline(&p.notification)).collect();
     let text =
         cut(&format!("{} notifications: {}", items.len(), names.join(", ")), MAX_TEXT, "digest text", &mut notes);
     let mut blocks = Vec::new();
-    for (n, severity) in items.iter().take(MAX_BLOCKS - 1) {
+    for p in items.iter().take(MAX_BLOCKS - 1) {
+        let (n, severity) = (&p.notification, &p.severity);
         let mut line = headline(n);
         if let Some(a) = &n.alarm {
             let region = n.region.as_deref().unwrap_or("us-east-1");
@@ -247,9 +248,9 @@ pub fn render_digest(items: &[(Notification, String)]) -> Rendered {
     }
     let worst = items
         .iter()
-        .filter_map(|(n, _)| n.state())
+        .filter_map(|p| p.notification.state())
         .find(|s| *s == "ALARM")
-        .or_else(|| items.first().and_then(|(n, _)| n.state()));
+        .or_else(|| items.first().and_then(|p| p.notification.state()));
     Rendered {
         payload: json!({"text": text, "attachments": [{"color": color(worst), "fallback": text, "blocks": blocks}]}),
         truncated: notes,
@@ -362,8 +363,14 @@ mod tests {
 
     #[test]
     fn digest_names_every_alarm_and_stays_under_50_blocks() {
-        let items: Vec<_> =
-            (0..60).map(|i| (alarm(&format!("alarm-{i}"), "ALARM", "r"), "warning".to_string())).collect();
+        let items: Vec<_> = (0..60)
+            .map(|i| {
+                std::sync::Arc::new(Prepared {
+                    notification: alarm(&format!("alarm-{i}"), "ALARM", "r"),
+                    severity: "warning".into(),
+                })
+            })
+            .collect();
         let r = render_digest(&items);
         let text = r.payload["text"].as_str().unwrap();
         assert!(text.starts_with("60 notifications"));

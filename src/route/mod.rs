@@ -10,6 +10,13 @@ pub use alarm::{Alarm, Envelope, Notification};
 
 use matcher::{FieldIndex, FieldIndexBuilder, FieldPatterns};
 
+/// A notification with the severity routing gave it, shared by its deliveries.
+#[derive(Debug)]
+pub struct Prepared {
+    pub notification: Notification,
+    pub severity: String,
+}
+
 /// The notification fields a route can match on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {

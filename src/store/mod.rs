@@ -24,20 +24,23 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dedup::MessageKey;
 use crate::metrics::Metrics;
-use crate::route::Envelope;
+use crate::route::{Envelope, Prepared};
 pub use dead_letters::{DeadLetter, DeadLetters};
 
-/// seq -> StoredMessage (JSON).
-const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// seq -> deliveries still pending for it (u32 little-endian) followed by the
+/// StoredMessage as JSON. The count rides in the record so finishing the last delivery is
+/// one B-tree operation (remove), not a lookup in a second table.
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages_v2");
 /// (destination, seq) -> unix ms when accepted.
 const PENDING: TableDefinition<(&str, u64), u64> = TableDefinition::new("pending");
-/// seq -> deliveries still pending for it; the message is dropped at zero.
-const REMAINING: TableDefinition<u64, u32> = TableDefinition::new("remaining");
-/// MessageId -> unix seconds after which it may be forgotten.
-const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+/// MessageKey (128-bit digest of the MessageId) -> unix seconds after which it may be forgotten.
+const DEDUP: TableDefinition<u128, u64> = TableDefinition::new("dedup_keys");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// redb page cache: bounds the gateway's memory.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Most operations one commit takes; bounds the latency of the first in the batch.
 const MAX_BATCH: usize = 4096;
 
@@ -57,23 +60,34 @@ pub enum StoreError {
     Io(String),
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 fn io<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::Io(e.into().to_string())
 }
 
 /// One delivery to make: message `seq` to `destination`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Delivery {
     pub destination: String,
     pub seq: u64,
     pub accepted_at_ms: u64,
+    /// The notification as routing saw it, while it is cheap to keep: saves the worker a
+    /// store read and a re-parse. Absent after a restart or when a queue is long; then the
+    /// worker loads the message from disk.
+    pub prepared: Option<Arc<Prepared>>,
 }
 
 enum Op {
     Accept {
-        envelope: Envelope,
+        /// The StoredMessage as JSON, serialised by the caller so the single writer thread
+        /// only writes; None when only the MessageId is recorded.
+        record: Option<Vec<u8>>,
+        accepted_at_ms: u64,
         destinations: Vec<String>,
-        dedup_expires_at: u64,
+        dedup: Option<(MessageKey, u64)>,
         reply: oneshot::Sender<Result<Vec<Delivery>, StoreError>>,
     },
     /// A delivery is done (sent, or dead-lettered and written to its file).
@@ -103,7 +117,7 @@ struct Inner {
 /// What the store held at open.
 pub struct Recovered {
     pub pending: Vec<Delivery>,
-    pub dedup: Vec<(String, u64)>,
+    pub dedup: Vec<(MessageKey, u64)>,
     /// Set when the database file was unreadable and had to be set aside.
     pub corrupt: Option<PathBuf>,
 }
@@ -163,19 +177,35 @@ impl Store {
     }
 
     /// Stores a notification with one pending delivery per destination (none for an unrouted
-    /// one: then only its MessageId is recorded) and returns once it is on disk.
+    /// one: then only its MessageId is recorded) and returns once it is on disk. `dedup` is
+    /// the MessageId to remember and until when (none for replays and fallbacks).
     pub async fn accept(
         &self,
-        envelope: Envelope,
+        envelope: &Envelope,
         destinations: Vec<String>,
-        dedup_expires_at: u64,
+        dedup: Option<(MessageKey, u64)>,
     ) -> Result<Vec<Delivery>, StoreError> {
         let stored = self.inner.stored.load(Ordering::Relaxed);
         if !destinations.is_empty() && stored >= self.inner.max_messages {
             return Err(StoreError::Full(stored));
         }
+        let accepted_at_ms = now_ms();
+        let record = if destinations.is_empty() {
+            None
+        } else {
+            // Same JSON as StoredMessage, without cloning the envelope.
+            #[derive(Serialize)]
+            struct Record<'a> {
+                envelope: &'a Envelope,
+                accepted_at_ms: u64,
+            }
+            let message = Record { envelope, accepted_at_ms };
+            let mut bytes = (destinations.len() as u32).to_le_bytes().to_vec();
+            serde_json::to_writer(&mut bytes, &message).map_err(|e| StoreError::Io(e.to_string()))?;
+            Some(bytes)
+        };
         let (reply, rx) = oneshot::channel();
-        let op = Op::Accept { envelope, destinations, dedup_expires_at, reply };
+        let op = Op::Accept { record, accepted_at_ms, destinations, dedup, reply };
         // Full queue means the disk cannot keep up: answer 503 rather than buffer.
         self.inner.ops.try_send(op).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Full(stored),
@@ -236,7 +266,8 @@ impl Store {
         let read = self.inner.db.begin_read().map_err(io)?;
         let table = read.open_table(MESSAGES).map_err(io)?;
         let Some(value) = table.get(seq).map_err(io)? else { return Ok(None) };
-        serde_json::from_slice(value.value()).map(Some).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))
+        let json = value.value().get(4..).unwrap_or_default();
+        serde_json::from_slice(json).map(Some).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))
     }
 
     pub fn stored(&self) -> u64 {
@@ -255,26 +286,17 @@ impl Store {
     pub async fn take_replays(&self) -> Vec<Delivery> {
         let mut out = Vec::new();
         for (path, letter) in self.inner.dead.replays() {
-            // Replays bypass dedup (the MessageId is already known) and capacity: an
-            // operator asked for them explicitly.
-            let (reply, rx) = oneshot::channel();
-            let op = Op::Accept {
-                envelope: letter.envelope.clone(),
-                destinations: vec![letter.destination.clone()],
-                dedup_expires_at: 0,
-                reply,
-            };
-            if self.inner.ops.send(op).await.is_err() {
-                break;
-            }
-            match rx.await {
-                Ok(Ok(deliveries)) => {
+            // Replays bypass dedup (the MessageId is already known).
+            let result = self.accept(&letter.envelope, vec![letter.destination.clone()], None).await;
+            match result {
+                Ok(deliveries) => {
                     let _ = std::fs::remove_file(&path);
                     tracing::info!(id = %letter.id, destination = %letter.destination, "dead letter replayed");
                     out.extend(deliveries);
                 }
-                Ok(Err(e)) => tracing::error!(id = %letter.id, error = %e, "dead letter replay failed"),
-                Err(_) => break,
+                Err(StoreError::Closed) => break,
+                // Full or failing: the file stays in replay/ and is tried again later.
+                Err(e) => tracing::error!(id = %letter.id, error = %e, "dead letter replay failed"),
             }
         }
         out
@@ -293,7 +315,13 @@ enum OpenError {
 /// damages that still reach an assertion inside redb are caught here and treated the same
 /// way (the handle is dropped and never used again), so a bad file cannot stop the gateway.
 fn open_and_recover(path: &Path) -> Result<(Database, Contents), OpenError> {
-    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match Database::create(path) {
+    // redb's page cache defaults to 1 GiB; recent messages are what deliveries read back.
+    let builder = || {
+        let mut b = Database::builder();
+        b.set_cache_size(CACHE_BYTES);
+        b
+    };
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match builder().create(path) {
         Ok(db) => recover(&db).map(|c| (db, c)).map_err(|e| OpenError::Unreadable(e.to_string())),
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(OpenError::InUse),
         Err(e) => Err(OpenError::Unreadable(e.to_string())),
@@ -309,7 +337,7 @@ fn open_and_recover(path: &Path) -> Result<(Database, Contents), OpenError> {
 }
 
 /// Pending deliveries, remembered MessageIds with their expiry, and the message count.
-type Contents = (Vec<Delivery>, Vec<(String, u64)>, u64);
+type Contents = (Vec<Delivery>, Vec<(MessageKey, u64)>, u64);
 
 fn recover(db: &Database) -> Result<Contents, StoreError> {
     let w = db.begin_write().map_err(io)?;
@@ -317,7 +345,6 @@ fn recover(db: &Database) -> Result<Contents, StoreError> {
         // Creates the tables on first start so readers can open them.
         w.open_table(MESSAGES).map_err(io)?;
         w.open_table(PENDING).map_err(io)?;
-        w.open_table(REMAINING).map_err(io)?;
         w.open_table(DEDUP).map_err(io)?;
         w.open_table(META).map_err(io)?;
     }
@@ -327,7 +354,7 @@ fn recover(db: &Database) -> Result<Contents, StoreError> {
     for item in r.open_table(PENDING).map_err(io)?.iter().map_err(io)? {
         let (k, v) = item.map_err(io)?;
         let (destination, seq) = k.value();
-        pending.push(Delivery { destination: destination.to_string(), seq, accepted_at_ms: v.value() });
+        pending.push(Delivery { destination: destination.to_string(), seq, accepted_at_ms: v.value(), prepared: None });
     }
     pending.sort_by_key(|d| d.seq);
     let now = crate::dedup::unix_now();
@@ -335,7 +362,7 @@ fn recover(db: &Database) -> Result<Contents, StoreError> {
     for item in r.open_table(DEDUP).map_err(io)?.iter().map_err(io)? {
         let (k, v) = item.map_err(io)?;
         if v.value() > now {
-            dedup.push((k.value().to_string(), v.value()));
+            dedup.push((MessageKey(k.value()), v.value()));
         }
     }
     let stored = r.open_table(MESSAGES).map_err(io)?.len().map_err(io)?;
@@ -384,28 +411,23 @@ impl Writer {
             {
                 let mut messages = txn.open_table(MESSAGES).map_err(io)?;
                 let mut pending = txn.open_table(PENDING).map_err(io)?;
-                let mut remaining = txn.open_table(REMAINING).map_err(io)?;
                 let mut dedup = txn.open_table(DEDUP).map_err(io)?;
                 let mut meta = txn.open_table(META).map_err(io)?;
                 let mut next_seq = meta.get("next_seq").map_err(io)?.map(|v| v.value()).unwrap_or(1);
-                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
                 for op in batch {
                     match op {
-                        Op::Accept { envelope, destinations, dedup_expires_at, reply } => {
-                            if dedup_expires_at > 0 {
-                                dedup.insert(envelope.message_id.as_str(), dedup_expires_at).map_err(io)?;
+                        Op::Accept { record, accepted_at_ms, destinations, dedup: remember, reply } => {
+                            if let Some((key, expires_at)) = remember {
+                                dedup.insert(key.0, expires_at).map_err(io)?;
                             }
                             let mut deliveries = Vec::new();
-                            if !destinations.is_empty() {
+                            if let Some(record) = record {
                                 let seq = next_seq;
                                 next_seq += 1;
-                                let stored = StoredMessage { envelope, accepted_at_ms: now_ms };
-                                let bytes = serde_json::to_vec(&stored).map_err(|e| StoreError::Io(e.to_string()))?;
-                                messages.insert(seq, bytes.as_slice()).map_err(io)?;
-                                remaining.insert(seq, destinations.len() as u32).map_err(io)?;
+                                messages.insert(seq, record.as_slice()).map_err(io)?;
                                 for d in destinations {
-                                    pending.insert((d.as_str(), seq), now_ms).map_err(io)?;
-                                    deliveries.push(Delivery { destination: d, seq, accepted_at_ms: now_ms });
+                                    pending.insert((d.as_str(), seq), accepted_at_ms).map_err(io)?;
+                                    deliveries.push(Delivery { destination: d, seq, accepted_at_ms, prepared: None });
                                 }
                                 delta += 1;
                             }
@@ -419,13 +441,17 @@ impl Writer {
                             if pending.remove((destination.as_str(), seq)).map_err(io)?.is_none() {
                                 continue;
                             }
-                            let left = remaining.get(seq).map_err(io)?.map(|v| v.value()).unwrap_or(1);
+                            // Remove, then put back with one less if others are still pending.
+                            let Some(old) = messages.remove(seq).map_err(io)? else { continue };
+                            let mut record = old.value().to_vec();
+                            drop(old);
+                            let left =
+                                record.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(1);
                             if left <= 1 {
-                                remaining.remove(seq).map_err(io)?;
-                                messages.remove(seq).map_err(io)?;
                                 delta -= 1;
                             } else {
-                                remaining.insert(seq, left - 1).map_err(io)?;
+                                record[..4].copy_from_slice(&(left - 1).to_le_bytes());
+                                messages.insert(seq, record.as_slice()).map_err(io)?;
                             }
                         }
                     }
