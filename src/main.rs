@@ -8,6 +8,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use webhook_relay::commands::{self, dead_letters::Action};
 
+// The accept path allocates many small strings (JSON fields, headers); mimalloc measured
+// faster than glibc malloc here (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "webhook-relay", version, about = "Verified Amazon SNS -> Slack gateway for CloudWatch alarms")]
 struct Cli {
