@@ -49,7 +49,7 @@ enum Command {
     Demo,
     /// Inspect and re-send what could not be delivered.
     DeadLetters {
-        #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data")]
+        #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data", global = true)]
         data_dir: PathBuf,
         #[command(subcommand)]
         action: DeadLetterCommand,

@@ -189,6 +189,9 @@ fn dead_letter_commands_on_a_real_data_dir() {
     assert_eq!(run(&["purge", "1-ops"]).0, Some(0));
     assert_eq!(run(&["purge", "1-ops"]).0, Some(1));
     assert!(run(&["list"]).1.contains("no dead letters"));
+    // SPEC spells the flag after the action too.
+    let after = Command::new(BIN).args(["dead-letters", "list", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&after.stdout).contains("no dead letters"));
 }
 
 #[test]
