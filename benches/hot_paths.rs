@@ -77,5 +77,61 @@ fn formatting(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, signatures, formatting);
+fn cert_cache(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sns-real");
+    let name = "SimpleNotificationService-7506a1e35b36ef5a444dd1a8e7cc3ed8.pem";
+    std::fs::copy(fixtures.join("notification-v2-us-west-2-2026-javav2.pem"), dir.path().join(name)).unwrap();
+    let metrics = webhook_relay::metrics::Metrics::new();
+    let store = webhook_relay::sns::CertStore::new(
+        Some(dir.path().to_path_buf()),
+        webhook_relay::sns::Fetcher::new(std::time::Duration::from_secs(1)),
+        metrics,
+    );
+    let url = format!("https://sns.us-west-2.amazonaws.com/{name}");
+    rt.block_on(store.get(&url)).unwrap();
+    c.bench_function("cert/cache_hit", |b| b.iter(|| rt.block_on(store.get(black_box(&url))).unwrap()));
+}
+
+/// Accept path to disk: `concurrency` accepts in flight at once, as under a burst, so the
+/// writer's group commit shares each fsync among them. Reports time per accepted message.
+fn durable_accept(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let n = notification();
+    let mut group = c.benchmark_group("store");
+    group.sample_size(10);
+    for concurrency in [1usize, 64, 512] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) =
+            rt.block_on(async { webhook_relay::store::Store::open(dir.path(), u64::MAX, webhook_relay::metrics::Metrics::new()) }).unwrap();
+        let envelope = std::sync::Arc::new(n.envelope.clone());
+        group.bench_function(format!("accept_fsync/concurrency_{concurrency}"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let started = std::time::Instant::now();
+                    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    let tasks: Vec<_> = (0..concurrency)
+                        .map(|_| {
+                            let (store, envelope, next) = (store.clone(), envelope.clone(), next.clone());
+                            tokio::spawn(async move {
+                                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < iters {
+                                    store.accept(&envelope, vec!["a".into()], None).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+        rt.block_on(store.close());
+    }
+    group.finish();
+}
+
+criterion_group!(benches, routing, signatures, formatting, cert_cache, durable_accept);
 criterion_main!(benches);
