@@ -103,8 +103,11 @@ fn durable_accept(c: &mut Criterion) {
     group.sample_size(10);
     for concurrency in [1usize, 64, 512] {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) =
-            rt.block_on(async { webhook_relay::store::Store::open(dir.path(), u64::MAX, webhook_relay::metrics::Metrics::new()) }).unwrap();
+        let (store, _) = rt
+            .block_on(async {
+                webhook_relay::store::Store::open(dir.path(), u64::MAX, webhook_relay::metrics::Metrics::new())
+            })
+            .unwrap();
         let envelope = std::sync::Arc::new(n.envelope.clone());
         group.bench_function(format!("accept_fsync/concurrency_{concurrency}"), |b| {
             b.iter_custom(|iters| {

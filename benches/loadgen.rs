@@ -12,7 +12,8 @@
 //!    against `openssl speed rsa2048`.
 //!
 //! Knobs: LOADGEN_N (600000), LOADGEN_SECS (15), LOADGEN_RATE (20000), LOADGEN_CONNS (32),
-//! LOADGEN_PHASES (all; comma list of floor,flat,rate,startup,memory,verify).
+//! LOADGEN_PHASES (all; comma list of floor,flat,rate,startup,memory,verify),
+//! LOADGEN_WRAP (a profiler to run the gateway under, e.g. `heaptrack` or `perf record -g --`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -497,7 +498,18 @@ impl Gateway {
     fn spawn(dir: PathBuf, tmp: Option<Arc<tempdir::Dir>>) -> Gateway {
         let (port, admin) = (free_port(), free_port());
         let started = Instant::now();
-        let child = Command::new(BIN)
+        let wrap: Vec<String> = std::env::var("LOADGEN_WRAP")
+            .map(|w| w.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        let mut cmd = match wrap.split_first() {
+            Some((tool, args)) => {
+                let mut c = Command::new(tool);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
             .arg("--config")
             .arg(dir.join("routes.toml"))

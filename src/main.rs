@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use webhook_relay::commands::{self, dead_letters::Action};
 
-// The accept path allocates many small strings (JSON fields, headers); mimalloc measured
-// faster than glibc malloc here (see BENCHMARKS.md).
+// Optional (feature `mimalloc`): faster than glibc malloc on the accept path, which allocates
+// many small strings, at the cost of more resident memory; see BENCHMARKS.md.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -88,7 +88,10 @@ struct Queue {
 }
 
 /// Remembers when alarms entered ALARM, so an OK can say how long it lasted.
-type AlarmSince = moka::sync::Cache<String, SystemTime>;
+/// Keyed by a hash of (destination, alarm), so an entry costs a few dozen bytes; bounded
+/// because a fleet has far fewer alarms than this, while a load test has one per message.
+type AlarmSince = moka::sync::Cache<u64, SystemTime>;
+const ALARM_SINCE_CAPACITY: u64 = 10_000;
 
 /// Starts and feeds the per-destination workers.
 #[derive(Clone)]
@@ -124,7 +127,7 @@ impl Deliverer {
                 metrics,
                 queues: Mutex::new(HashMap::new()),
                 alarm_since: moka::sync::Cache::builder()
-                    .max_capacity(100_000)
+                    .max_capacity(ALARM_SINCE_CAPACITY)
                     .time_to_idle(Duration::from_secs(7 * 86400))
                     .build(),
                 shutdown,
@@ -378,7 +381,12 @@ impl Worker {
     /// Remembers ALARM start; for OK returns how long it lasted.
     fn track_alarm(&self, n: &Notification) -> Option<Duration> {
         let a = n.alarm.as_ref()?;
-        let key = format!("{}\u{0}{}", self.name, a.arn.as_deref().unwrap_or(&a.name));
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&self.name, a.arn.as_deref().unwrap_or(&a.name)).hash(&mut h);
+            h.finish()
+        };
         let at = a.state_change_time.as_deref().and_then(parse_cloudwatch_time).unwrap_or_else(SystemTime::now);
         match a.new_state.as_str() {
             "ALARM" => {
