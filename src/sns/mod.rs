@@ -157,7 +157,7 @@ impl Verifier {
         Verifier { certs, fetcher, dev_prefixes, clock, metrics }
     }
 
-    pub fn now(&self) -> SystemTime {
+    fn now(&self) -> SystemTime {
         (self.clock)()
     }
 

@@ -109,7 +109,6 @@ struct Inner {
     /// Messages on disk; bounds memory and disk under a Slack outage.
     stored: Arc<AtomicU64>,
     max_messages: u64,
-    dir: PathBuf,
     dead: DeadLetters,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -168,7 +167,6 @@ impl Store {
                 ops: tx,
                 stored,
                 max_messages,
-                dir: dir.to_path_buf(),
                 dead,
                 writer: std::sync::Mutex::new(Some(writer)),
             }),
@@ -268,18 +266,6 @@ impl Store {
         let Some(value) = table.get(seq).map_err(io)? else { return Ok(None) };
         let json = value.value().get(4..).unwrap_or_default();
         serde_json::from_slice(json).map(Some).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))
-    }
-
-    pub fn stored(&self) -> u64 {
-        self.inner.stored.load(Ordering::Relaxed)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
-    pub fn dead_letters(&self) -> &DeadLetters {
-        &self.inner.dead
     }
 
     /// Takes dead letters queued for replay back into the store; returns the new deliveries.
