@@ -80,6 +80,26 @@ async fn accepted_alarms_survive_kill_9_and_are_delivered_once() {
     let again = alarm(signer(), "k0", "prod-k0", "ALARM").to_string();
     assert_eq!(reqwest_like::Client.post(addr, "/sns", &[], again.into()).await, (200, "duplicate\n".to_string()));
 
+    // Deliveries that succeeded are not repeated after another kill -9: once the store
+    // says it holds nothing (every completion committed), a restart posts nothing again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = reqwest_like::Client.get(([127, 0, 0, 1], admin).into(), "/metrics").await.1;
+        if m.lines().any(|l| l == "webhook_relay_store_messages 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "store never emptied: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let posts_before = sink.posts().len();
+    let (port, admin) = (free_port(), free_port());
+    let mut child = serve(dir.path(), port, admin);
+    wait_ready(admin).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.posts().len(), posts_before, "completed deliveries were repeated after restart");
+
     // SIGTERM: exits cleanly within the shutdown timeout.
     let started = Instant::now();
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
