@@ -14,6 +14,7 @@
 //! next one to start) takes back into the queue.
 
 pub mod dead_letters;
+mod record;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,12 +30,8 @@ use crate::metrics::Metrics;
 use crate::route::{Envelope, Prepared};
 pub use dead_letters::{DeadLetter, DeadLetters};
 
-/// seq -> deliveries still pending for it (u32 little-endian) followed by the
-/// StoredMessage as JSON. The count rides in the record so finishing the last delivery is
-/// one B-tree operation (remove), not a lookup in a second table.
-const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages_v2");
-/// (destination, seq) -> unix ms when accepted.
-const PENDING: TableDefinition<(&str, u64), u64> = TableDefinition::new("pending");
+/// seq -> the message and which destinations still wait for it (see `record`).
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages_v3");
 /// MessageKey (128-bit digest of the MessageId) -> unix seconds after which it may be forgotten.
 const DEDUP: TableDefinition<u128, u64> = TableDefinition::new("dedup_keys");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -197,10 +194,9 @@ impl Store {
                 envelope: &'a Envelope,
                 accepted_at_ms: u64,
             }
-            let message = Record { envelope, accepted_at_ms };
-            let mut bytes = (destinations.len() as u32).to_le_bytes().to_vec();
-            serde_json::to_writer(&mut bytes, &message).map_err(|e| StoreError::Io(e.to_string()))?;
-            Some(bytes)
+            let json =
+                serde_json::to_vec(&Record { envelope, accepted_at_ms }).map_err(|e| StoreError::Io(e.to_string()))?;
+            Some(record::encode(accepted_at_ms, &destinations, &json))
         };
         let (reply, rx) = oneshot::channel();
         let op = Op::Accept { record, accepted_at_ms, destinations, dedup, reply };
@@ -264,8 +260,9 @@ impl Store {
         let read = self.inner.db.begin_read().map_err(io)?;
         let table = read.open_table(MESSAGES).map_err(io)?;
         let Some(value) = table.get(seq).map_err(io)? else { return Ok(None) };
-        let json = value.value().get(4..).unwrap_or_default();
-        serde_json::from_slice(json).map(Some).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))
+        let rec =
+            record::decode(value.value()).ok_or_else(|| StoreError::Io(format!("message {seq}: damaged record")))?;
+        serde_json::from_slice(rec.json).map(Some).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))
     }
 
     /// Takes dead letters queued for replay back into the store; returns the new deliveries.
@@ -330,19 +327,29 @@ fn recover(db: &Database) -> Result<Contents, StoreError> {
     {
         // Creates the tables on first start so readers can open them.
         w.open_table(MESSAGES).map_err(io)?;
-        w.open_table(PENDING).map_err(io)?;
         w.open_table(DEDUP).map_err(io)?;
         w.open_table(META).map_err(io)?;
     }
     w.commit().map_err(io)?;
     let r = db.begin_read().map_err(io)?;
+    // Records come in seq order, so each destination's deliveries keep accept order.
     let mut pending = Vec::new();
-    for item in r.open_table(PENDING).map_err(io)?.iter().map_err(io)? {
+    for item in r.open_table(MESSAGES).map_err(io)?.iter().map_err(io)? {
         let (k, v) = item.map_err(io)?;
-        let (destination, seq) = k.value();
-        pending.push(Delivery { destination: destination.to_string(), seq, accepted_at_ms: v.value(), prepared: None });
+        let seq = k.value();
+        let bytes = v.value();
+        let rec = record::decode(bytes).ok_or_else(|| StoreError::Io(format!("message {seq}: damaged record")))?;
+        for (destination, done) in rec.destinations {
+            if !done {
+                pending.push(Delivery {
+                    destination: destination.to_string(),
+                    seq,
+                    accepted_at_ms: rec.accepted_at_ms,
+                    prepared: None,
+                });
+            }
+        }
     }
-    pending.sort_by_key(|d| d.seq);
     let now = crate::dedup::unix_now();
     let mut dedup = Vec::new();
     for item in r.open_table(DEDUP).map_err(io)?.iter().map_err(io)? {
@@ -396,7 +403,6 @@ impl Writer {
             let mut delta: i64 = 0;
             {
                 let mut messages = txn.open_table(MESSAGES).map_err(io)?;
-                let mut pending = txn.open_table(PENDING).map_err(io)?;
                 let mut dedup = txn.open_table(DEDUP).map_err(io)?;
                 let mut meta = txn.open_table(META).map_err(io)?;
                 let mut next_seq = meta.get("next_seq").map_err(io)?.map(|v| v.value()).unwrap_or(1);
@@ -412,7 +418,6 @@ impl Writer {
                                 next_seq += 1;
                                 messages.insert(seq, record.as_slice()).map_err(io)?;
                                 for d in destinations {
-                                    pending.insert((d.as_str(), seq), accepted_at_ms).map_err(io)?;
                                     deliveries.push(Delivery { destination: d, seq, accepted_at_ms, prepared: None });
                                 }
                                 delta += 1;
@@ -424,20 +429,17 @@ impl Writer {
                             flushes.push(reply);
                         }
                         Op::Finish { destination, seq } => {
-                            if pending.remove((destination.as_str(), seq)).map_err(io)?.is_none() {
-                                continue;
-                            }
-                            // Remove, then put back with one less if others are still pending.
+                            // Remove, then put back only if other destinations still wait:
+                            // the common single-destination case is one B-tree operation.
                             let Some(old) = messages.remove(seq).map_err(io)? else { continue };
-                            let mut record = old.value().to_vec();
+                            let mut rec = old.value().to_vec();
                             drop(old);
-                            let left =
-                                record.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(1);
-                            if left <= 1 {
-                                delta -= 1;
-                            } else {
-                                record[..4].copy_from_slice(&(left - 1).to_le_bytes());
-                                messages.insert(seq, record.as_slice()).map_err(io)?;
+                            match record::mark_done(&mut rec, &destination) {
+                                Some(0) => delta -= 1,
+                                // Others pending, or this one was not (a repeated finish).
+                                _ => {
+                                    messages.insert(seq, rec.as_slice()).map_err(io)?;
+                                }
                             }
                         }
                     }
@@ -474,5 +476,45 @@ impl Writer {
             }
         }
         closing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(id: &str) -> Envelope {
+        Envelope {
+            message_id: id.into(),
+            topic_arn: "arn:aws:sns:us-east-1:1:t".into(),
+            subject: None,
+            message: "m".into(),
+            timestamp: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_finish_survives_reopen_and_last_finish_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = Store::open(dir.path(), 100, Metrics::new()).unwrap();
+        assert!(rec.pending.is_empty());
+        let key = MessageKey::of("m1");
+        let d = store.accept(&envelope("m1"), vec!["a".into(), "b".into()], Some((key, u64::MAX))).await.unwrap();
+        assert_eq!(d.len(), 2);
+        store.accept(&envelope("m2"), vec!["a".into()], None).await.unwrap();
+        store.finish("a", d[0].seq).await;
+        store.finish("a", d[0].seq).await; // repeated: must not finish "b" too
+        store.close().await;
+        drop(store);
+
+        let (store, rec) = Store::open(dir.path(), 100, Metrics::new()).unwrap();
+        let pending: Vec<(String, u64)> = rec.pending.iter().map(|p| (p.destination.clone(), p.seq)).collect();
+        assert_eq!(pending, vec![("b".to_string(), d[0].seq), ("a".to_string(), d[0].seq + 1)]);
+        assert_eq!(rec.dedup, vec![(key, u64::MAX)]);
+        assert_eq!(store.load(d[0].seq).unwrap().unwrap().envelope.message_id, "m1");
+        store.finish("b", d[0].seq).await;
+        store.flush().await;
+        assert!(store.load(d[0].seq).unwrap().is_none(), "fully delivered message still stored");
+        store.close().await;
     }
 }
