@@ -41,7 +41,7 @@ enum Command {
         #[arg(long, env = "WEBHOOK_RELAY_CONFIG", default_value = "routes.toml")]
         config: PathBuf,
         /// Also print the JSON each destination would receive.
-        #[arg(long)]
+        #[arg(long, env = "WEBHOOK_RELAY_PAYLOAD")]
         payload: bool,
         /// An SNS message or a bare CloudWatch alarm JSON file.
         message: PathBuf,
@@ -66,13 +66,13 @@ enum DeadLetterCommand {
     /// Queue dead letters for redelivery.
     Replay {
         ids: Vec<String>,
-        #[arg(long)]
+        #[arg(long, env = "WEBHOOK_RELAY_ALL")]
         all: bool,
     },
     /// Delete dead letters.
     Purge {
         ids: Vec<String>,
-        #[arg(long)]
+        #[arg(long, env = "WEBHOOK_RELAY_ALL")]
         all: bool,
     },
 }

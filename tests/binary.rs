@@ -267,6 +267,19 @@ fn route_test_explains_where_a_real_alarm_goes() {
     assert!(text.contains("routes: west") && text.contains("destinations: a"), "{text}");
     assert!(text.contains("\"attachments\""), "--payload printed no JSON: {text}");
     assert!(!text.contains("127.0.0.1:1/a"), "route-test printed a webhook URL");
+
+    // The shipped example works without the production secrets in the environment.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml");
+    let out = Command::new(BIN)
+        .args(["route-test", "--config"])
+        .arg(&example)
+        .arg(&fixture)
+        .env_remove("SLACK_OPS_CRITICAL")
+        .env_remove("SLACK_ONCALL")
+        .env_remove("SLACK_OPS_DEFAULT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
