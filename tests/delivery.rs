@@ -185,3 +185,21 @@ async fn backlog_becomes_a_digest_naming_every_alarm() {
     assert!(sink.delivered("c").len() < 8, "backlog was not merged into a digest");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_burst_within_the_limit_goes_one_by_one_and_the_rest_as_a_digest() {
+    let sink = SlackSink::start().await.unwrap();
+    let gw = start(&one_channel(&sink, "c", "rate = \"1/s\"\nburst = 3", "")).await;
+    for i in 0..5 {
+        assert_eq!(
+            gw.post(alarm(signer(), &format!("bu{i}"), &format!("prod-bu{i}"), "ALARM").to_string()).await.0,
+            200
+        );
+    }
+    assert!(sink.wait_until(Duration::from_secs(5), |_| name_counts(&sink, "c", "prod-bu").len() == 5).await);
+    let texts: Vec<String> = sink.delivered("c").iter().map(|p| p.body["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(texts.len(), 4, "{texts:?}");
+    assert!(texts[..3].iter().all(|t| !t.contains("notifications:")), "the burst allowance was digested: {texts:?}");
+    assert!(texts[3].starts_with("2 notifications:"), "{texts:?}");
+    gw.shutdown().await;
+}

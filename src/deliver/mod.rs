@@ -3,8 +3,9 @@
 //! keeps each alarm's state changes in order), waits for the rate limiter, posts, and
 //! applies the failure table of SPEC.md: 2xx done; 429 waits Retry-After; 5xx, timeouts
 //! and connection errors back off exponentially with full jitter; other 4xx and an
-//! exhausted retry budget become dead letters. When a destination falls behind, the
-//! waiting notifications are merged into one digest post.
+//! exhausted retry budget become dead letters. When a destination falls behind (the worker
+//! had to wait for the rate limit, Retry-After or a retry, or the backlog is deep), the
+//! waiting notifications are merged into one digest post; otherwise each goes on its own.
 
 pub mod client;
 pub mod slack;
@@ -26,8 +27,9 @@ use crate::server::shutdown::Shutdown;
 use crate::store::{Delivery, Store};
 pub use client::{Answer, HttpClient, PostError};
 
-/// Backlog at which a worker merges waiting notifications into one digest post.
-const DIGEST_AFTER: usize = 4;
+/// Backlog at which a worker merges waiting notifications into one digest even when it did
+/// not have to wait: the webhook is answering slower than alarms arrive.
+const DIGEST_BACKLOG: usize = 50;
 /// Queue depth up to which a delivery keeps its parsed notification in memory.
 const KEEP_PREPARED_UP_TO: usize = 2048;
 /// Most notifications in one digest.
@@ -214,11 +216,11 @@ impl Worker {
                 self.dead_letter_batch(&Batch::One(head), "destination no longer in routes.toml", attempts).await;
                 continue;
             };
-            self.wait_rate_limit(&dest, &mut shutdown).await;
+            let waited = self.wait_rate_limit(&dest, &mut shutdown).await;
             if shutdown.is_shutdown() {
                 return;
             }
-            let batch = self.take_batch(head);
+            let batch = self.take_batch(head, waited || attempts > 0);
             let Some(body) = self.render(&batch, &config, &dest) else {
                 // Message vanished from the store (finished elsewhere): drop from the queue.
                 self.pop(&batch);
@@ -308,7 +310,8 @@ impl Worker {
         }
     }
 
-    async fn wait_rate_limit(&mut self, dest: &Destination, shutdown: &mut Shutdown) {
+    /// Takes a token from the destination's limiter; returns whether it had to wait for it.
+    async fn wait_rate_limit(&mut self, dest: &Destination, shutdown: &mut Shutdown) -> bool {
         let key = (dest.rate.interval(), dest.burst);
         if self.limiter.as_ref().map(|(k, _)| *k) != Some(key) {
             let burst = NonZeroU32::new(dest.burst).unwrap_or(NonZeroU32::MIN);
@@ -317,18 +320,22 @@ impl Worker {
                 .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
             self.limiter = Some((key, RateLimiter::direct(quota)));
         }
-        if let Some((_, limiter)) = &self.limiter {
-            tokio::select! {
-                _ = limiter.until_ready() => {}
-                _ = shutdown.recv() => {}
-            }
+        let Some((_, limiter)) = &self.limiter else { return false };
+        if limiter.check().is_ok() {
+            return false;
         }
+        tokio::select! {
+            _ = limiter.until_ready() => {}
+            _ = shutdown.recv() => {}
+        }
+        true
     }
 
-    /// One delivery, or a digest of the head and those waiting behind it.
-    fn take_batch(&self, head: Delivery) -> Batch {
+    /// One delivery, or a digest of the head and those waiting behind it when the
+    /// destination is behind.
+    fn take_batch(&self, head: Delivery, behind: bool) -> Batch {
         let items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-        if items.len() > DIGEST_AFTER {
+        if (behind && items.len() > 1) || items.len() > DIGEST_BACKLOG {
             Batch::Digest(items.iter().take(DIGEST_MAX).cloned().collect())
         } else {
             Batch::One(head)
