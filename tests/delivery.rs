@@ -203,3 +203,35 @@ async fn a_burst_within_the_limit_goes_one_by_one_and_the_rest_as_a_digest() {
     assert!(texts[3].starts_with("2 notifications:"), "{texts:?}");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_refused_digest_is_retried_one_by_one_so_only_the_bad_alarm_is_dead_lettered() {
+    let sink = SlackSink::start().await.unwrap();
+    // 429 first, so the waiting alarms form a digest; Slack then refuses the digest, accepts
+    // the next two singles and refuses the third.
+    sink.script(
+        "c",
+        vec![
+            Reply::TooMany(1),
+            Reply::Status(400, "invalid_payload"),
+            Reply::Ok,
+            Reply::Ok,
+            Reply::Status(400, "invalid_blocks"),
+        ],
+    );
+    let gw = start(&one_channel(&sink, "c", "rate = \"100/s\"", "")).await;
+    for i in 0..3 {
+        assert_eq!(
+            gw.post(alarm(signer(), &format!("rd{i}"), &format!("prod-rd{i}"), "ALARM").to_string()).await.0,
+            200
+        );
+    }
+    let dl = gw.wait_dead_letters(Duration::from_secs(10)).await;
+    let letters: Vec<_> = dl.list().into_iter().map(|l| l.unwrap()).collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].reason.contains("invalid_blocks"));
+    let delivered = name_counts(&sink, "c", "prod-rd");
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    assert!(!delivered.contains_key(&letters[0].envelope.message_id.replace("rd", "prod-rd")));
+    gw.shutdown().await;
+}

@@ -145,8 +145,13 @@ impl Deliverer {
             let d_name = d.destination.clone();
             let queue = queues.entry(d.destination.clone()).or_insert_with(|| {
                 let q = Arc::new(Queue { items: Mutex::new(VecDeque::new()), wake: Notify::new() });
-                let worker =
-                    Worker { d: self.inner.clone(), name: d.destination.clone(), queue: q.clone(), limiter: None };
+                let worker = Worker {
+                    d: self.inner.clone(),
+                    name: d.destination.clone(),
+                    queue: q.clone(),
+                    limiter: None,
+                    singles_left: 0,
+                };
                 self.inner.tasks.spawn(worker.run());
                 q
             });
@@ -188,6 +193,9 @@ struct Worker {
     queue: Arc<Queue>,
     /// Rebuilt when a reload changes the destination's rate or burst.
     limiter: Option<((Duration, u32), DefaultDirectRateLimiter)>,
+    /// After Slack refused a digest, its notifications go one by one, so that only the one
+    /// Slack objects to becomes a dead letter.
+    singles_left: usize,
 }
 
 enum Batch {
@@ -255,6 +263,10 @@ impl Worker {
                         self.d.store.finish(&self.name, del.seq).await;
                     }
                     self.pop(&batch);
+                }
+                Verdict::Fail { gone: false } if matches!(batch, Batch::Digest(_)) => {
+                    self.singles_left = batch_items(&batch).len();
+                    tracing::warn!(destination = %self.name, "Slack refused a digest; sending its notifications one by one");
                 }
                 Verdict::Fail { gone } => {
                     let answer = match &result {
@@ -333,7 +345,11 @@ impl Worker {
 
     /// One delivery, or a digest of the head and those waiting behind it when the
     /// destination is behind.
-    fn take_batch(&self, head: Delivery, behind: bool) -> Batch {
+    fn take_batch(&mut self, head: Delivery, behind: bool) -> Batch {
+        if self.singles_left > 0 {
+            self.singles_left -= 1;
+            return Batch::One(head);
+        }
         let items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
         if (behind && items.len() > 1) || items.len() > DIGEST_BACKLOG {
             Batch::Digest(items.iter().take(DIGEST_MAX).cloned().collect())
