@@ -73,7 +73,9 @@ fn signatures(c: &mut Criterion) {
 fn formatting(c: &mut Criterion) {
     let n = notification();
     c.bench_function("slack/render_alarm", |b| {
-        b.iter(|| black_box(slack::render(black_box(&n), "critical", &slack::Style::default(), None)))
+        b.iter(|| {
+            black_box(slack::render(black_box(&n), "critical", &slack::Style::default(), slack::History::default()))
+        })
     });
 }
 

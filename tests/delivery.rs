@@ -235,3 +235,26 @@ async fn a_refused_digest_is_retried_one_by_one_so_only_the_bad_alarm_is_dead_le
     assert!(!delivered.contains_key(&letters[0].envelope.message_id.replace("rd", "prod-rd")));
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_state_change_that_arrives_after_a_newer_one_is_marked_late() {
+    let sink = SlackSink::start().await.unwrap();
+    let gw = start(&one_channel(&sink, "c", "rate = \"100/s\"\nburst = 10", "")).await;
+    let at = |state: &str, old: &str, time: &str| {
+        let mut m: serde_json::Value =
+            serde_json::from_str(&alarm_message("prod-late", state, old, "r", "us-east-1", "123456789012")).unwrap();
+        m["StateChangeTime"] = time.into();
+        m.to_string()
+    };
+    // SNS delivers the OK (10:05) before the ALARM (10:00) it resolves.
+    let ok = signer().notification(TOPIC, "late-ok", None, &at("OK", "ALARM", "2026-11-24T10:05:00.000+0000"));
+    let alarm = signer().notification(TOPIC, "late-alarm", None, &at("ALARM", "OK", "2026-11-24T10:00:00.000+0000"));
+    assert_eq!(gw.post(ok.to_string()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(5), |p| p.len() == 1).await);
+    assert_eq!(gw.post(alarm.to_string()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(5), |p| p.len() == 2).await);
+    let texts: Vec<String> = sink.delivered("c").iter().map(|p| p.body["text"].as_str().unwrap().to_string()).collect();
+    assert!(!texts[0].contains("Late"), "{texts:?}");
+    assert!(texts[1].starts_with(":hourglass: Late: ") && texts[1].contains("ALARM: prod-late"), "{texts:?}");
+    gw.shutdown().await;
+}

@@ -63,7 +63,7 @@ pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn
         for name in &decision.destinations {
             let Some(dest) = config.destinations.get(name) else { continue };
             let style = crate::deliver::style(dest, &severity);
-            let r = slack::render(&n, &severity, &style, None);
+            let r = slack::render(&n, &severity, &style, slack::History::default());
             let _ = writeln!(out, "\n--- {name} ---");
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&r.payload).unwrap_or_default());
             for note in &r.truncated {

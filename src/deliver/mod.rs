@@ -90,10 +90,16 @@ struct Queue {
 }
 
 /// Remembers when alarms entered ALARM, so an OK can say how long it lasted.
-/// Keyed by a hash of (destination, alarm), so an entry costs a few dozen bytes; bounded
-/// because a fleet has far fewer alarms than this, while a load test has one per message.
-type AlarmSince = moka::sync::Cache<u64, SystemTime>;
-const ALARM_SINCE_CAPACITY: u64 = 10_000;
+/// Per (destination, alarm): the newest state change posted, and since when it is in ALARM.
+/// Keyed by a hash, so an entry costs a few dozen bytes; bounded because a fleet has far
+/// fewer alarms than this, while a load test has one per message.
+#[derive(Clone, Copy)]
+struct Track {
+    last_change: SystemTime,
+    alarm_since: Option<SystemTime>,
+}
+type AlarmHistory = moka::sync::Cache<u64, Track>;
+const ALARM_HISTORY_CAPACITY: u64 = 10_000;
 
 /// Starts and feeds the per-destination workers.
 #[derive(Clone)]
@@ -107,7 +113,7 @@ struct DelivererInner {
     client: HttpClient,
     metrics: Metrics,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
-    alarm_since: AlarmSince,
+    alarm_history: AlarmHistory,
     shutdown: Shutdown,
     /// Workers in flight, so shutdown can wait for the current posts to finish.
     tasks: tokio_util::task::TaskTracker,
@@ -128,8 +134,8 @@ impl Deliverer {
                 client,
                 metrics,
                 queues: Mutex::new(HashMap::new()),
-                alarm_since: moka::sync::Cache::builder()
-                    .max_capacity(ALARM_SINCE_CAPACITY)
+                alarm_history: moka::sync::Cache::builder()
+                    .max_capacity(ALARM_HISTORY_CAPACITY)
                     .time_to_idle(Duration::from_secs(7 * 86400))
                     .build(),
                 shutdown,
@@ -389,21 +395,27 @@ impl Worker {
             return None;
         }
         let rendered = if let [p] = loaded.as_slice() {
-            let lasted = self.track_alarm(&p.notification);
-            slack::render(&p.notification, &p.severity, &style(dest, &p.severity), lasted)
+            let history = self.track_alarm(&p.notification);
+            slack::render(&p.notification, &p.severity, &style(dest, &p.severity), history)
         } else {
-            for p in &loaded {
-                self.track_alarm(&p.notification);
-            }
-            slack::render_digest(&loaded)
+            let items: Vec<_> = loaded
+                .into_iter()
+                .map(|p| {
+                    let h = self.track_alarm(&p.notification);
+                    (p, h)
+                })
+                .collect();
+            slack::render_digest(&items)
         };
         let body = serde_json::to_vec(&rendered.payload).ok()?;
         Some(Bytes::from(body))
     }
 
-    /// Remembers ALARM start; for OK returns how long it lasted.
-    fn track_alarm(&self, n: &Notification) -> Option<Duration> {
-        let a = n.alarm.as_ref()?;
+    /// Places a notification in its alarm's history: how long an ALARM lasted (for an OK),
+    /// and whether SNS delivered it after a newer state change was already posted (SNS does
+    /// not guarantee order). A re-render of the same notification (a retry) is not late.
+    fn track_alarm(&self, n: &Notification) -> slack::History {
+        let Some(a) = n.alarm.as_ref() else { return slack::History::default() };
         let key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -411,18 +423,18 @@ impl Worker {
             h.finish()
         };
         let at = a.state_change_time.as_deref().and_then(parse_cloudwatch_time).unwrap_or_else(SystemTime::now);
-        match a.new_state.as_str() {
-            "ALARM" => {
-                if self.d.alarm_since.get(&key).is_none() {
-                    self.d.alarm_since.insert(key, at);
-                }
-                None
-            }
-            _ => {
-                let since = self.d.alarm_since.remove(&key)?;
-                at.duration_since(since).ok()
-            }
+        let prev = self.d.alarm_history.get(&key);
+        if prev.is_some_and(|t| at < t.last_change) {
+            return slack::History { lasted: None, late: true };
         }
+        let since = prev.and_then(|t| t.alarm_since);
+        let (alarm_since, lasted) = match a.new_state.as_str() {
+            "ALARM" => (since.or(Some(at)), None),
+            "OK" => (None, since.and_then(|s| at.duration_since(s).ok())),
+            _ => (since, None),
+        };
+        self.d.alarm_history.insert(key, Track { last_change: at, alarm_since });
+        slack::History { lasted, late: false }
     }
 
     async fn dead_letter_batch(&self, batch: &Batch, reason: &str, attempts: u32) {

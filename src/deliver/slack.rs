@@ -25,6 +25,18 @@ pub struct Style {
     pub mention: Option<&'static str>,
 }
 
+/// What the worker knows of a notification's place in its alarm's history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct History {
+    /// How long the alarm was in ALARM, for an OK.
+    pub lasted: Option<Duration>,
+    /// SNS delivered it after a newer state change of the same alarm was already posted.
+    pub late: bool,
+}
+
+const LATE_TEXT: &str = ":hourglass: Late: ";
+const LATE_NOTE: &str = " _(arrived late: a newer state change of this alarm was already posted)_";
+
 /// A rendered Slack message and notes on what had to be cut.
 #[derive(Debug, Clone)]
 pub struct Rendered {
@@ -113,15 +125,16 @@ pub fn headline(n: &Notification) -> String {
     }
 }
 
-/// Renders one notification. `lasted` is how long the alarm was in ALARM, for an OK.
-pub fn render(n: &Notification, severity: &str, style: &Style, lasted: Option<Duration>) -> Rendered {
+/// Renders one notification.
+pub fn render(n: &Notification, severity: &str, style: &Style, history: History) -> Rendered {
     let mut notes = Vec::new();
     let mention = style.mention.map(|m| format!("{m} ")).unwrap_or_default();
     let (text, blocks) = match &n.alarm {
-        Some(alarm) => alarm_blocks(n, alarm, severity, lasted, &mut notes),
+        Some(alarm) => alarm_blocks(n, alarm, severity, history, &mut notes),
         None => other_blocks(n, &mut notes),
     };
-    let text = cut(&format!("{mention}{text}"), MAX_TEXT, "text", &mut notes);
+    let late = if history.late { LATE_TEXT } else { "" };
+    let text = cut(&format!("{mention}{late}{text}"), MAX_TEXT, "text", &mut notes);
     let payload = json!({
         "text": text,
         "attachments": [{"color": color(n.state()), "fallback": text, "blocks": blocks}],
@@ -133,9 +146,10 @@ fn alarm_blocks(
     n: &Notification,
     a: &Alarm,
     severity: &str,
-    lasted: Option<Duration>,
+    history: History,
     notes: &mut Vec<String>,
 ) -> (String, Vec<Value>) {
+    let lasted = history.lasted;
     let mut text = format!("{} {}: {}", emoji(&a.new_state), a.new_state, escape(&a.name));
     if let (Some(d), "OK") = (lasted, a.new_state.as_str()) {
         text.push_str(&format!(" (was in ALARM for {})", short(d)));
@@ -148,6 +162,9 @@ fn alarm_blocks(
     }
     if let (Some(d), "OK") = (lasted, a.new_state.as_str()) {
         title.push_str(&format!(" after {}", short(d)));
+    }
+    if history.late {
+        title.push_str(LATE_NOTE);
     }
     let mut blocks =
         vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&title, MAX_SECTION, "title", notes)}})];
@@ -224,15 +241,16 @@ fn other_blocks(n: &Notification, notes: &mut Vec<String>) -> (String, Vec<Value
 
 /// Several pending notifications as one post, when a destination is behind its rate
 /// limit. The `text` names every alarm; one section per notification, within 50 blocks.
-pub fn render_digest(items: &[std::sync::Arc<Prepared>]) -> Rendered {
+pub fn render_digest(items: &[(std::sync::Arc<Prepared>, History)]) -> Rendered {
     let mut notes = Vec::new();
-    let names: Vec<String> = items.iter().map(|p| headline(&p.notification)).collect();
+    let late = |h: &History| if h.late { " (late)" } else { "" };
+    let names: Vec<String> = items.iter().map(|(p, h)| format!("{}{}", headline(&p.notification), late(h))).collect();
     let text =
         cut(&format!("{} notifications: {}", items.len(), names.join(", ")), MAX_TEXT, "digest text", &mut notes);
     let mut blocks = Vec::new();
-    for p in items.iter().take(MAX_BLOCKS - 1) {
+    for (p, h) in items.iter().take(MAX_BLOCKS - 1) {
         let (n, severity) = (&p.notification, &p.severity);
-        let mut line = headline(n);
+        let mut line = format!("{}{}", headline(n), late(h));
         if let Some(a) = &n.alarm {
             let region = n.region.as_deref().unwrap_or("us-east-1");
             line = format!("{line} (<{}|console>, {severity})", console_url(&n.partition, region, &a.name));
@@ -248,9 +266,9 @@ pub fn render_digest(items: &[std::sync::Arc<Prepared>]) -> Rendered {
     }
     let worst = items
         .iter()
-        .filter_map(|p| p.notification.state())
+        .filter_map(|(p, _)| p.notification.state())
         .find(|s| *s == "ALARM")
-        .or_else(|| items.first().and_then(|p| p.notification.state()));
+        .or_else(|| items.first().and_then(|(p, _)| p.notification.state()));
     Rendered {
         payload: json!({"text": text, "attachments": [{"color": color(worst), "fallback": text, "blocks": blocks}]}),
         truncated: notes,
@@ -296,7 +314,7 @@ mod tests {
             &alarm("prod-db-cpu", "ALARM", "Threshold Crossed: 1 datapoint [95.0]"),
             "critical",
             &Style::default(),
-            None,
+            History::default(),
         );
         let text = r.payload["text"].as_str().unwrap();
         assert!(text.contains("prod-db-cpu") && text.contains("ALARM"), "{text}");
@@ -321,7 +339,12 @@ mod tests {
     #[test]
     fn ok_says_how_long_it_lasted_and_mentions_apply() {
         let style = Style { mention: Some("<!here>") };
-        let r = render(&alarm("a", "OK", "back"), "warning", &style, Some(Duration::from_secs(754)));
+        let r = render(
+            &alarm("a", "OK", "back"),
+            "warning",
+            &style,
+            History { lasted: Some(Duration::from_secs(754)), late: false },
+        );
         let text = r.payload["text"].as_str().unwrap();
         assert!(text.starts_with("<!here> "), "{text}");
         assert!(text.contains("was in ALARM for 12m 34s"), "{text}");
@@ -329,9 +352,18 @@ mod tests {
     }
 
     #[test]
+    fn late_state_changes_say_so() {
+        let r = render(&alarm("a", "ALARM", "x"), "warning", &Style::default(), History { lasted: None, late: true });
+        let text = r.payload["text"].as_str().unwrap();
+        assert!(text.starts_with(":hourglass: Late: "), "{text}");
+        let title = r.payload["attachments"][0]["blocks"][0]["text"]["text"].as_str().unwrap();
+        assert!(title.contains("arrived late"), "{title}");
+    }
+
+    #[test]
     fn escapes_and_cuts_within_limits() {
         let reason = "<script>&".repeat(2000);
-        let r = render(&alarm("<b>&", "ALARM", &reason), "warning", &Style::default(), None);
+        let r = render(&alarm("<b>&", "ALARM", &reason), "warning", &Style::default(), History::default());
         let text = r.payload["text"].as_str().unwrap();
         assert!(text.contains("&lt;b&gt;&amp;"), "{text}");
         for block in r.payload["attachments"][0]["blocks"].as_array().unwrap() {
@@ -355,7 +387,7 @@ mod tests {
 
     #[test]
     fn non_alarm_uses_subject_and_pretty_json() {
-        let r = render(&notification(r#"{"a":{"b":1}}"#, Some("Hello")), "info", &Style::default(), None);
+        let r = render(&notification(r#"{"a":{"b":1}}"#, Some("Hello")), "info", &Style::default(), History::default());
         assert_eq!(r.payload["text"], "Hello");
         let body = r.payload["attachments"][0]["blocks"][1]["text"]["text"].as_str().unwrap();
         assert!(body.contains("{\n  \"a\": {\n    \"b\": 1"), "{body}");
@@ -365,18 +397,20 @@ mod tests {
     fn digest_names_every_alarm_and_stays_under_50_blocks() {
         let items: Vec<_> = (0..60)
             .map(|i| {
-                std::sync::Arc::new(Prepared {
-                    notification: alarm(&format!("alarm-{i}"), "ALARM", "r"),
-                    severity: "warning".into(),
-                })
+                let p =
+                    Prepared { notification: alarm(&format!("alarm-{i}"), "ALARM", "r"), severity: "warning".into() };
+                (std::sync::Arc::new(p), History { lasted: None, late: i == 3 })
             })
             .collect();
         let r = render_digest(&items);
+        assert!(r.payload["text"].as_str().unwrap().contains("alarm-3 (late)"));
         let text = r.payload["text"].as_str().unwrap();
         assert!(text.starts_with("60 notifications"));
         for i in 0..60 {
             assert!(
-                text.contains(&format!("alarm-{i},")) || text.ends_with(&format!("alarm-{i}")),
+                text.contains(&format!("alarm-{i},"))
+                    || text.contains(&format!("alarm-{i} (late),"))
+                    || text.ends_with(&format!("alarm-{i}")),
                 "alarm-{i} missing"
             );
         }
