@@ -261,6 +261,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// Starts graceful shutdown without waiting (readiness goes false at once).
+    pub fn begin_shutdown(&self) {
+        self.trigger.trigger();
+    }
+
     /// Starts graceful shutdown and waits for it to complete.
     pub async fn shutdown(self) {
         self.trigger.trigger();
@@ -344,7 +349,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let ready = Arc::new(AtomicBool::new(true));
-    tokio::spawn(server::serve_admin(admin, metrics.clone(), ready.clone(), trigger.subscribe()));
+    // The admin listener outlives the drain: probes should see "not ready" (not a refused
+    // connection) and the last metrics stay scrapeable until the process is done.
+    let (admin_stop, admin_stopped) = shutdown::channel();
+    tokio::spawn(server::serve_admin(admin, metrics.clone(), ready.clone(), admin_stopped));
 
     // Dead letters queued for replay by the command line: taken in now and every second.
     {
@@ -380,6 +388,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         store.close().await;
         drop(watcher);
+        admin_stop.trigger();
         tracing::info!(pending = deliver.pending(), "shut down; pending deliveries stay on disk");
     });
     tracing::info!(%addr, %admin_addr, tls = settings.tls.is_some(), "webhook-relay serving");

@@ -259,3 +259,35 @@ async fn slow_clients_are_cut_off() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf[..n]));
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_turns_unready_first_and_answers_requests_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sink = SlackSink::start().await.unwrap();
+    let gw = start(&routes(&sink, "")).await;
+    let body = alarm(signer(), "sd-1", "prod-a", "ALARM").to_string();
+    // A request in flight: headers and half the body sent.
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!("POST /sns HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body.as_bytes()[..body.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    gw.running.as_ref().unwrap().begin_shutdown();
+    let mut unready = false;
+    for _ in 0..50 {
+        if gw.client.get(gw.admin, "/readyz").await.0 == 503 {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(unready, "readiness did not go false on shutdown");
+    // The in-flight request still gets an answer: 503 (not accepted, so SNS retries it).
+    tcp.write_all(&body.as_bytes()[body.len() / 2..]).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("shutting_down"), "{answer}");
+    gw.shutdown().await;
+}
