@@ -371,6 +371,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         });
     }
 
+    // Gauges that are cheaper to sample than to keep exact on every request.
+    {
+        let gateway = gateway.clone();
+        let mut shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                gateway.metrics.dedup_entries.set(gateway.dedup.len() as i64);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.recv() => return,
+                }
+            }
+        });
+    }
+
     let limits = settings.limits;
     let grace = settings.shutdown_timeout;
     let public_task =

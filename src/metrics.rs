@@ -63,6 +63,8 @@ pub struct Metrics {
     pub store_batch_size: Histogram,
     pub store_commit_seconds: Histogram,
     pub store_errors: Counter,
+    /// MessageIds currently remembered (sampled when /metrics is scraped).
+    pub dedup_entries: Gauge,
 }
 
 impl Default for Metrics {
@@ -137,6 +139,10 @@ impl Metrics {
         );
         let store_commit_seconds = reg!("store_commit_seconds", "Durable commit (fsync) latency", latency_histogram());
         let store_errors = reg!("store_errors", "Durable store write failures", Counter::default());
+        let dedup_entries = reg!("dedup_entries", "MessageIds remembered for duplicate detection", Gauge::default());
+        let build_info: Family<[(&'static str, &'static str); 1], Gauge> =
+            reg!("build_info", "Always 1; the version label says which build runs", Family::default());
+        build_info.get_or_create(&[("version", env!("CARGO_PKG_VERSION"))]).set(1);
         Metrics {
             registry: Arc::new(r),
             received,
@@ -166,6 +172,7 @@ impl Metrics {
             store_batch_size,
             store_commit_seconds,
             store_errors,
+            dedup_entries,
         }
     }
 

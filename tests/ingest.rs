@@ -185,6 +185,8 @@ async fn admin_endpoints_and_unknown_paths() {
     assert_eq!(gw.client.get(gw.addr, "/metrics").await.0, 404, "admin paths must not be on the public listener");
     let m = gw.metrics().await;
     assert!(m.contains("webhook_relay_sns_request_seconds"), "{m}");
+    assert!(m.contains(&format!("webhook_relay_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{m}");
+    assert!(m.contains("webhook_relay_dedup_entries"), "{m}");
     gw.shutdown().await;
 }
 

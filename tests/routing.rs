@@ -101,6 +101,14 @@ fn validation_errors_have_lines() {
     assert!(p.iter().any(|p| p.line == 10 && p.message.contains("unknown severity field")), "{p:?}");
 }
 
+#[test]
+fn topic_patterns_that_cannot_be_arns_get_a_warning() {
+    let (_, warnings) = Config::parse("[sns]\ntopics = [\"alarms-prod\", \"arn:aws:sns:*:1:x\"]\n").unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!((warnings[0].line, warnings[0].warning), (2, true));
+    assert!(warnings[0].message.contains("alarms-prod"));
+}
+
 #[tokio::test]
 async fn reload_on_write_rename_symlink_swap_and_broken_file() {
     let sink = SlackSink::start().await.unwrap();

@@ -286,7 +286,13 @@ impl Validator<'_> {
         }
         let mut set = globset::GlobSetBuilder::new();
         for topic in raw.topics.get_ref() {
-            match globset::Glob::new(topic.get_ref()) {
+            let t = topic.get_ref();
+            let arn_like = t.starts_with("arn:") || t.starts_with('*');
+            let complete = t.matches(':').count() >= 5 || t.contains('*');
+            if !arn_like || !complete {
+                self.warn(topic, format!("topic {t:?} does not look like an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME); it may never match"));
+            }
+            match globset::Glob::new(t) {
                 Ok(g) => {
                     set.add(g);
                 }
