@@ -280,6 +280,17 @@ fn route_test_explains_where_a_real_alarm_goes() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // The example alarm in the repository goes where the example routes say.
+    let alarm = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cloudwatch-alarm.json");
+    let out = Command::new(BIN).args(["route-test", "--config"]).arg(&example).arg(&alarm).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("severity: critical"), "{text}");
+    assert!(
+        text.contains("routes: prod-critical, prod")
+            && text.contains("destinations: ops-critical, oncall, ops-default"),
+        "{text}"
+    );
 }
 
 #[test]
