@@ -70,6 +70,18 @@ fn signatures(c: &mut Criterion) {
     }
 }
 
+fn parsing(c: &mut Criterion) {
+    let n = notification();
+    let body = {
+        let signer = webhook_relay::testkit::TestSigner::generate("us-east-1").unwrap();
+        signer
+            .notification("arn:aws:sns:us-east-1:123456789012:alarms", "m", Some("ALARM"), &n.envelope.message)
+            .to_string()
+    };
+    c.bench_function("parse/sns_body", |b| b.iter(|| SnsMessage::parse(black_box(body.as_bytes())).unwrap()));
+    c.bench_function("parse/alarm", |b| b.iter(|| Notification::from_envelope(black_box(n.envelope.clone()))));
+}
+
 fn formatting(c: &mut Criterion) {
     let n = notification();
     c.bench_function("slack/render_alarm", |b| {
@@ -138,5 +150,5 @@ fn durable_accept(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, routing, signatures, formatting, cert_cache, durable_accept);
+criterion_group!(benches, routing, signatures, parsing, formatting, cert_cache, durable_accept);
 criterion_main!(benches);
