@@ -518,19 +518,8 @@ impl Gateway {
             }
             None => Command::new(BIN),
         };
-        let child = cmd
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-            .arg("--config")
-            .arg(dir.join("routes.toml"))
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--sns-cert-dir")
-            .arg(dir.join("certs"))
-            .env("WEBHOOK_RELAY_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("webhook-relay serve");
+        webhook_relay::testkit::serve_args(&mut cmd, &dir, port, admin);
+        let child = cmd.env("WEBHOOK_RELAY_LOG", "error").spawn().expect("webhook-relay serve");
         Gateway { child: std::sync::Mutex::new(child), dir, addr: addr(port), admin, started, _tmp: tmp }
     }
 

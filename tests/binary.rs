@@ -3,7 +3,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -15,19 +15,9 @@ fn free_port() -> u16 {
 }
 
 fn serve(dir: &Path, port: u16, admin: u16) -> Child {
-    Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-        .arg("--config")
-        .arg(dir.join("routes.toml"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--sns-cert-dir")
-        .arg(dir.join("certs"))
-        .args(["--shutdown-timeout", "5s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    let mut cmd = Command::new(BIN);
+    webhook_relay::testkit::serve_args(&mut cmd, dir, port, admin);
+    cmd.args(["--shutdown-timeout", "5s"]).spawn().unwrap()
 }
 
 async fn wait_ready(admin: u16) {
