@@ -301,8 +301,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     let (store, recovered) = Store::open(&settings.data_dir, settings.max_stored, metrics.clone())
         .with_context(|| format!("opening store in {}", settings.data_dir.display()))?;
-    if let Some(aside) = &recovered.corrupt {
-        tracing::error!(moved_to = %aside.display(), "store was corrupt and set aside");
+    for aside in &recovered.corrupt {
+        tracing::error!(copy = %aside.display(), "store damage found at start; a copy of the file was set aside");
     }
     // Enough for the million-ids target; entries expire on their own schedule.
     let dedup = Dedup::new(2_000_000);

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub store_batch_size: Histogram,
     pub store_commit_seconds: Histogram,
     pub store_errors: Counter,
+    pub store_disk_bytes: Gauge,
+    pub store_compactions: Counter,
     /// MessageIds currently remembered (sampled when /metrics is scraped).
     pub dedup_entries: Gauge,
 }
@@ -139,6 +141,10 @@ impl Metrics {
         );
         let store_commit_seconds = reg!("store_commit_seconds", "Durable commit (fsync) latency", latency_histogram());
         let store_errors = reg!("store_errors", "Durable store write failures", Counter::default());
+        let store_disk_bytes =
+            reg!("store_disk_bytes", "Bytes of log segments and keys files on disk", Gauge::default());
+        let store_compactions =
+            reg!("store_compactions", "Log segments reclaimed (live messages carried forward)", Counter::default());
         let dedup_entries = reg!("dedup_entries", "MessageIds remembered for duplicate detection", Gauge::default());
         let build_info: Family<[(&'static str, &'static str); 1], Gauge> =
             reg!("build_info", "Always 1; the version label says which build runs", Family::default());
@@ -172,6 +178,8 @@ impl Metrics {
             store_batch_size,
             store_commit_seconds,
             store_errors,
+            store_disk_bytes,
+            store_compactions,
             dedup_entries,
         }
     }

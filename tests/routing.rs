@@ -207,9 +207,9 @@ async fn full_store_answers_503_and_corrupt_store_is_set_aside() {
     gw.shutdown().await;
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    std::fs::write(dir.path().join("data").join(webhook_relay::store::DB_FILE), b"this is not a redb file at all")
-        .unwrap();
+    let queue = dir.path().join("data").join(webhook_relay::store::QUEUE_DIR);
+    std::fs::create_dir_all(&queue).unwrap();
+    std::fs::write(queue.join("00000000000000000001.seg"), b"this is not a log segment at all").unwrap();
     std::fs::write(dir.path().join("routes.toml"), routes(&sink, "")).unwrap();
     let mut s = webhook_relay::Settings::new(dir.path().join("routes.toml"), dir.path().join("data"));
     s.listen = "127.0.0.1:0".parse().unwrap();
@@ -238,10 +238,18 @@ async fn truncated_store_file_does_not_stop_the_gateway() {
         r.shutdown().await;
         gw
     };
-    let db = dir.join("data").join(webhook_relay::store::DB_FILE);
-    let len = std::fs::metadata(&db).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
-    f.set_len(len / 2).unwrap();
+    // Cut into the last message's frame, as a power loss during its write would.
+    let queue = dir.join("data").join(webhook_relay::store::QUEUE_DIR);
+    let seg = std::fs::read_dir(&queue)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 5).unwrap();
     drop(f);
     let mut s = webhook_relay::Settings::new(dir.join("routes.toml"), dir.join("data"));
     s.listen = "127.0.0.1:0".parse().unwrap();
@@ -253,6 +261,7 @@ async fn truncated_store_file_does_not_stop_the_gateway() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
     assert!(aside, "truncated file was neither repaired nor reported and set aside");
+    assert_eq!(restarted.metrics.stored_messages.get(), 19, "the 19 whole messages before the cut are kept");
     // It serves: a new alarm is accepted and stored.
     let body = alarm(signer(), "tr-new", "prod-a", "ALARM").to_string();
     assert_eq!(reqwest_like::Client.post(restarted.addr, "/sns", &[], body.into()).await.0, 200);

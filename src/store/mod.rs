@@ -1,49 +1,68 @@
-//! The durable queue: the promise behind a 200. An accepted notification and one pending
-//! delivery per destination are written to a redb file in `--data-dir` and fsync'd before
-//! the answer goes out.
+//! The durable queue: the promise behind a 200. An accepted notification and its pending
+//! destinations are appended to a log in `--data-dir/queue/` and fsync'd before the answer
+//! goes out.
 //!
-//! Why redb: a maintained, pure-Rust, crash-safe B-tree with ACID transactions and
-//! copy-on-write commits (no write-ahead log of our own to get right), and since 4.x it
-//! reports a damaged file as an error rather than panicking. Its cost is an fsync per
-//! commit (measured 0.5-0.6 ms here, BENCHMARKS.md), so every write goes through one
-//! writer thread that gathers whatever requests are waiting into a single transaction
-//! (group commit): at 512 accepts in flight, one costs 12 µs. The price of copy-on-write
-//! is per-commit bookkeeping, about a quarter of the gateway's CPU at full load; an
-//! append-only log would be cheaper and is the next step if throughput ever matters more
-//! than a store we did not have to write.
+//! The log is a series of segment files of CRC'd frames (`log`): an accept frame holds the
+//! message record (destinations with done flags, then the JSON) and the MessageId to
+//! remember; a finish frame marks one delivery done. One writer thread gathers whatever is
+//! waiting into one write and one `fdatasync` (group commit); the request tasks build
+//! their frames themselves, so the single thread only copies and syncs. Memory holds an
+//! index of the live messages (seq -> where its record is, which destinations still wait),
+//! so a worker without the parsed message reads exactly one record back.
 //!
-//! Dead letters are not in the database but one JSON file each under `dead-letters/`, so
-//! the `dead-letters` commands can list, show and purge them while the gateway holds the
-//! database lock; `replay` moves a file into `replay/`, which the running gateway (or the
-//! next one to start) takes back into the queue.
+//! Space comes back oldest segment first: a compactor thread takes the oldest sealed
+//! segment once at most half of it is still live, copies the unexpired MessageIds into a
+//! `keys-*.log` file (deleted once all its ids expire), hands the still-pending records to
+//! the writer to append again (with their current done flags), and the writer then deletes
+//! the segment. Deleting strictly oldest first means a finish frame is never lost while
+//! the accept it cancels is still on disk.
+//!
+//! Why our own log and not redb (used before, BENCHMARKS.md): redb's copy-on-write B-tree
+//! paid per-commit page bookkeeping for data that lives a few milliseconds, about a quarter
+//! of the gateway's CPU at full load. An LSM store (fjall) writes each message twice
+//! (journal, then table) and compacts in the background; the write-ahead-log crates seen
+//! (walogs, wal-db, okaywal) are young single-author crates without the carry-forward
+//! compaction a queue needs. What we own is small: framing, replay, and the compactor.
+//!
+//! Dead letters are not in the log but one JSON file each under `dead-letters/`, so the
+//! `dead-letters` commands can list, show and purge them while the gateway runs;
+//! `replay` moves a file into `replay/`, which the running gateway (or the next one to
+//! start) takes back into the queue.
 
 pub mod dead_letters;
+mod log;
 mod record;
 
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::dedup::MessageKey;
 use crate::metrics::Metrics;
 use crate::route::{Envelope, Prepared};
 pub use dead_letters::{DeadLetter, DeadLetters};
+use log::{Frame, Reader, Step};
 
-/// seq -> the message and which destinations still wait for it (see `record`).
-const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages_v3");
-/// MessageKey (128-bit digest of the MessageId) -> unix seconds after which it may be forgotten.
-const DEDUP: TableDefinition<u128, u64> = TableDefinition::new("dedup_keys");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-/// redb page cache: bounds the gateway's memory.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Directory under `--data-dir` holding the log.
+pub const QUEUE_DIR: &str = "queue";
+const LOCK_FILE: &str = "LOCK";
+/// A segment is sealed once it grows past this; the compactor works in these units.
+const SEGMENT_BYTES: u64 = 32 << 20;
+const KEYS_FILE_BYTES: u64 = 16 << 20;
 /// Most operations one commit takes; bounds the latency of the first in the batch.
 const MAX_BATCH: usize = 4096;
+/// Accepts waiting for the writer beyond this are refused (503): the disk cannot keep up.
+const MAX_QUEUED: usize = MAX_BATCH * 4;
+const COMPACT_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredMessage {
@@ -65,8 +84,8 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn io<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Io(e.into().to_string())
+fn io_err(context: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Io(format!("{}: {e}", context.display()))
 }
 
 /// One delivery to make: message `seq` to `destination`.
@@ -83,19 +102,79 @@ pub struct Delivery {
 
 enum Op {
     Accept {
-        /// The StoredMessage as JSON, serialised by the caller so the single writer thread
-        /// only writes; None when only the MessageId is recorded.
-        record: Option<Vec<u8>>,
+        /// Set for a routed message; None when only the MessageId is recorded.
+        seq: Option<u64>,
+        /// The frame, built by the caller so the single writer thread only writes.
+        frame: Vec<u8>,
         accepted_at_ms: u64,
         destinations: Vec<String>,
-        dedup: Option<(MessageKey, u64)>,
+        key_expires: Option<u64>,
         reply: oneshot::Sender<Result<Vec<Delivery>, StoreError>>,
     },
     /// A delivery is done (sent, or dead-lettered and written to its file).
     Finish { destination: String, seq: u64 },
+    /// From the compactor: append these records again (those still live), then delete the
+    /// segment. Its MessageIds are already in a keys file.
+    Compact { segment: u64, carry: Vec<(u64, Vec<u8>)>, done: std_mpsc::Sender<()> },
     /// Answered once everything queued before it is committed; with `close`, the writer
-    /// then stops and releases the database.
+    /// then stops.
     Flush { reply: oneshot::Sender<()>, close: bool },
+}
+
+/// Where a live message's record is, and who still waits for it.
+struct Live {
+    segment: u64,
+    offset: u64,
+    size: u32,
+    accepted_at_ms: u64,
+    pending: Vec<Arc<str>>,
+}
+
+struct Segment {
+    file: Arc<File>,
+    path: PathBuf,
+    bytes: u64,
+    /// Messages whose current record is in this segment, and their bytes.
+    live: u64,
+    live_bytes: u64,
+    /// Latest expiry of a MessageId recorded here: until then the segment is needed.
+    keys_until: u64,
+}
+
+/// Shared between the writer (the only one who changes it), the compactor and `load`.
+#[derive(Default)]
+struct Index {
+    live: HashMap<u64, Live>,
+    segments: BTreeMap<u64, Segment>,
+    active: u64,
+    keys_bytes: u64,
+}
+
+impl Index {
+    fn place(&mut self, seq: u64, live: Live) {
+        if let Some(s) = self.segments.get_mut(&live.segment) {
+            s.live += 1;
+            s.live_bytes += live.size as u64;
+        }
+        if let Some(old) = self.live.insert(seq, live) {
+            self.unplace(&old);
+        }
+    }
+
+    fn unplace(&mut self, old: &Live) {
+        if let Some(s) = self.segments.get_mut(&old.segment) {
+            s.live -= 1;
+            s.live_bytes -= old.size as u64;
+        }
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.bytes).sum::<u64>() + self.keys_bytes
+    }
+}
+
+fn lock(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Handle to the store; cheap to clone.
@@ -105,71 +184,147 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
-    ops: mpsc::Sender<Op>,
-    /// Messages on disk; bounds memory and disk under a Slack outage.
+    index: Arc<Mutex<Index>>,
+    ops: std_mpsc::Sender<Op>,
+    next_seq: Arc<AtomicU64>,
+    queued: Arc<AtomicUsize>,
+    /// Messages in the log; bounds memory and disk under a Slack outage.
     stored: Arc<AtomicU64>,
     max_messages: u64,
     dead: DeadLetters,
-    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+    /// Holds the advisory lock on the queue directory for as long as the store lives.
+    _lock: File,
 }
 
 /// What the store held at open.
 pub struct Recovered {
     pub pending: Vec<Delivery>,
     pub dedup: Vec<(MessageKey, u64)>,
-    /// Set when the database file was unreadable and had to be set aside.
-    pub corrupt: Option<PathBuf>,
+    /// Copies of files found damaged (the readable part of each was kept).
+    pub corrupt: Vec<PathBuf>,
 }
 
-pub const DB_FILE: &str = "webhook-relay.redb";
+fn segment_name(id: u64) -> String {
+    format!("{id:020}.seg")
+}
+
+fn keys_name(id: u64) -> String {
+    format!("keys-{id:020}.log")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// Creates a file that starts with a header frame, durably (file and directory entry).
+fn create_log_file(dir: &Path, name: &str, next_seq: u64) -> Result<(File, u64), StoreError> {
+    let path = dir.join(name);
+    let mut file = OpenOptions::new().create_new(true).append(true).read(true).open(&path).map_err(io_err(&path))?;
+    let mut buf = Vec::new();
+    let size = log::append(&mut buf, &Frame::Header { next_seq });
+    file.write_all(&buf).and_then(|_| file.sync_data()).map_err(io_err(&path))?;
+    sync_dir(dir)?;
+    Ok((file, size as u64))
+}
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. A database file that cannot be opened is moved
-    /// aside and reported, and a fresh one is started so the gateway still serves.
+    /// Opens (or creates) the store in `dir` and replays the log. Damage (a torn last write
+    /// after a power loss, a bad disk block) is cut off where it starts, after a copy of
+    /// the file is set aside and reported, so the gateway still serves.
     pub fn open(dir: &Path, max_messages: u64, metrics: Metrics) -> Result<(Store, Recovered), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
-        let path = dir.join(DB_FILE);
-        match open_and_recover(&path) {
-            Ok((db, contents)) => Store::start(db, dir, max_messages, metrics, contents, None),
-            Err(OpenError::InUse) => Err(StoreError::Io(format!("{} is in use by another process", path.display()))),
-            Err(OpenError::Unreadable(reason)) => {
-                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::dedup::unix_now()));
-                tracing::error!(path = %path.display(), error = %reason, moved_to = %aside.display(),
-                    "store file unreadable; set aside, starting with an empty store (dead letters are kept)");
-                std::fs::rename(&path, &aside).map_err(|e| StoreError::Io(e.to_string()))?;
-                let (db, contents) = open_and_recover(&path).map_err(|e| StoreError::Io(e.to_string()))?;
-                Store::start(db, dir, max_messages, metrics, contents, Some(aside))
-            }
-        }
+        Store::open_with(dir, max_messages, metrics, SEGMENT_BYTES)
     }
 
-    fn start(
-        db: Database,
+    fn open_with(
         dir: &Path,
         max_messages: u64,
         metrics: Metrics,
-        (pending, dedup, stored): Contents,
-        corrupt: Option<PathBuf>,
+        segment_bytes: u64,
     ) -> Result<(Store, Recovered), StoreError> {
-        let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        let stored = Arc::new(AtomicU64::new(stored));
-        metrics.stored_messages.set(stored.load(Ordering::Relaxed) as i64);
-        let writer = Writer { db: db.clone(), stored: stored.clone(), metrics };
-        let writer = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        let dead = DeadLetters::new(dir);
+        let qdir = dir.join(QUEUE_DIR);
+        std::fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
+        let lock_path = qdir.join(LOCK_FILE);
+        let lock_file =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        rustix::fs::flock(&lock_file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| StoreError::Io(format!("{} is in use by another process", qdir.display())))?;
+
+        let replay = Replay::run(dir, &qdir)?;
+        let Replay { mut index, keys_files, dedup, next_seq, corrupt } = replay;
+        index.keys_bytes = keys_files.iter().map(|k| k.bytes).sum();
+        let next_seq = Arc::new(AtomicU64::new(next_seq));
+        if index.segments.is_empty() || index.segments.last_key_value().is_some_and(|(_, s)| s.bytes == 0) {
+            let id = index.segments.keys().next_back().map_or(1, |k| k + 1);
+            let segment = new_segment(&qdir, id, next_seq.load(Ordering::Relaxed))?;
+            index.segments.insert(id, segment);
+        }
+        index.active = *index.segments.keys().next_back().expect("a segment exists");
+
+        let mut pending: Vec<(u64, &Live)> = index.live.iter().map(|(s, l)| (*s, l)).collect();
+        // Seq order is accept order, so each destination's deliveries keep it.
+        pending.sort_unstable_by_key(|(s, _)| *s);
+        let pending: Vec<Delivery> = pending
+            .into_iter()
+            .flat_map(|(seq, l)| {
+                l.pending.iter().map(move |d| Delivery {
+                    destination: d.to_string(),
+                    seq,
+                    accepted_at_ms: l.accepted_at_ms,
+                    prepared: None,
+                })
+            })
+            .collect();
+
+        let stored = Arc::new(AtomicU64::new(index.live.len() as u64));
+        metrics.stored_messages.set(index.live.len() as i64);
+        metrics.store_disk_bytes.set(index.disk_bytes() as i64);
+        let active_file = index.segments[&index.active].file.clone();
+        let active_len = index.segments[&index.active].bytes;
+        let index_active = index.active;
+        let index = Arc::new(Mutex::new(index));
+        let (tx, rx) = std_mpsc::channel();
+        let (wake_tx, wake_rx) = std_mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            dir: qdir.clone(),
+            index: index.clone(),
+            stored: stored.clone(),
+            queued: queued.clone(),
+            next_seq: next_seq.clone(),
+            metrics: metrics.clone(),
+            active: index_active,
+            active_file,
+            active_len,
+            segment_bytes,
+            names: HashMap::new(),
+            buf: Vec::new(),
+            wake: wake_tx,
+            broken: None,
+        };
+        let compactor =
+            Compactor { dir: qdir, index: index.clone(), ops: tx.clone(), keys_files, stop: stop.clone(), metrics };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| StoreError::Io(e.to_string()))
+        };
+        let threads = vec![
+            spawn("store-writer", Box::new(move || writer.run(rx)))?,
+            spawn("store-compactor", Box::new(move || compactor.run(wake_rx)))?,
+        ];
         let store = Store {
             inner: Arc::new(Inner {
-                db,
+                index,
                 ops: tx,
+                next_seq,
+                queued,
                 stored,
                 max_messages,
-                dead,
-                writer: std::sync::Mutex::new(Some(writer)),
+                dead: DeadLetters::new(dir),
+                threads: Mutex::new(threads),
+                stop,
+                _lock: lock_file,
             }),
         };
         Ok((store, Recovered { pending, dedup, corrupt }))
@@ -189,7 +344,11 @@ impl Store {
             return Err(StoreError::Full(stored));
         }
         let accepted_at_ms = now_ms();
-        let record = if destinations.is_empty() {
+        let mut frame = Vec::new();
+        let seq = if destinations.is_empty() {
+            if let Some((key, expires_at)) = dedup {
+                log::append(&mut frame, &Frame::Key { key, expires_at });
+            }
             None
         } else {
             // Same JSON as StoredMessage, without cloning the envelope.
@@ -198,23 +357,33 @@ impl Store {
                 envelope: &'a Envelope,
                 accepted_at_ms: u64,
             }
-            let json =
-                serde_json::to_vec(&Record { envelope, accepted_at_ms }).map_err(|e| StoreError::Io(e.to_string()))?;
-            Some(record::encode(accepted_at_ms, &destinations, &json))
+            let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+            let mut json = Ok(());
+            frame.reserve(512 + envelope.message.len());
+            log::append_accept(&mut frame, seq, dedup, |out| {
+                record::encode_header(out, accepted_at_ms, &destinations);
+                json = serde_json::to_writer(out, &Record { envelope, accepted_at_ms });
+            });
+            json.map_err(|e| StoreError::Io(e.to_string()))?;
+            Some(seq)
         };
+        if frame.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.inner.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::Full(stored));
+        }
         let (reply, rx) = oneshot::channel();
-        let op = Op::Accept { record, accepted_at_ms, destinations, dedup, reply };
-        // Full queue means the disk cannot keep up: answer 503 rather than buffer.
-        self.inner.ops.try_send(op).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StoreError::Full(stored),
-            mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
-        })?;
+        let key_expires = dedup.map(|(_, e)| e);
+        let op = Op::Accept { seq, frame, accepted_at_ms, destinations, key_expires, reply };
+        self.inner.ops.send(op).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Marks a delivery done. Durable soon after (next commit), not before return.
     pub async fn finish(&self, destination: &str, seq: u64) {
-        let _ = self.inner.ops.send(Op::Finish { destination: destination.to_string(), seq }).await;
+        let _ = self.inner.ops.send(Op::Finish { destination: destination.to_string(), seq });
     }
 
     /// Writes a dead letter file, then finishes the delivery.
@@ -242,30 +411,38 @@ impl Store {
     /// Waits until every operation sent so far is on disk.
     pub async fn flush(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.inner.ops.send(Op::Flush { reply, close: false }).await.is_ok() {
+        if self.inner.ops.send(Op::Flush { reply, close: false }).is_ok() {
             let _ = rx.await;
         }
     }
 
-    /// Commits everything queued, stops the writer and waits for it; later writes fail
-    /// with [`StoreError::Closed`]. The file lock goes with the last `Store` clone.
+    /// Commits everything queued, stops the writer and the compactor and waits for them;
+    /// later writes fail with [`StoreError::Closed`]. The directory lock goes with the last
+    /// `Store` clone.
     pub async fn close(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
-        if self.inner.ops.send(Op::Flush { reply, close: true }).await.is_ok() {
+        if self.inner.ops.send(Op::Flush { reply, close: true }).is_ok() {
             let _ = rx.await;
         }
-        let handle = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
+        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
     }
 
+    /// Reads a live message back; `None` once every destination is done.
     pub fn load(&self, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
-        let read = self.inner.db.begin_read().map_err(io)?;
-        let table = read.open_table(MESSAGES).map_err(io)?;
-        let Some(value) = table.get(seq).map_err(io)? else { return Ok(None) };
-        let rec =
-            record::decode(value.value()).ok_or_else(|| StoreError::Io(format!("message {seq}: damaged record")))?;
+        let (file, offset, size) = {
+            let index = lock(&self.inner.index);
+            let Some(l) = index.live.get(&seq) else { return Ok(None) };
+            let Some(s) = index.segments.get(&l.segment) else { return Ok(None) };
+            // The Arc keeps the file readable even if compaction deletes it meanwhile.
+            (s.file.clone(), l.offset, l.size)
+        };
+        let mut buf = vec![0; size as usize];
+        file.read_exact_at(&mut buf, offset).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))?;
+        let damaged = || StoreError::Io(format!("message {seq}: damaged record"));
+        let Some(Frame::Accept { record, .. }) = log::check(&buf).and_then(log::decode) else { return Err(damaged()) };
+        let rec = record::decode(record).ok_or_else(damaged)?;
         serde_json::from_slice(rec.json).map(Some).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))
     }
 
@@ -290,93 +467,207 @@ impl Store {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum OpenError {
-    #[error("in use by another process")]
-    InUse,
-    #[error("{0}")]
-    Unreadable(String),
+fn new_segment(dir: &Path, id: u64, next_seq: u64) -> Result<Segment, StoreError> {
+    let name = segment_name(id);
+    let (file, bytes) = create_log_file(dir, &name, next_seq)?;
+    Ok(Segment { file: Arc::new(file), path: dir.join(name), bytes, live: 0, live_bytes: 0, keys_until: 0 })
 }
 
-/// Opens the file and reads what it holds. redb reports a damaged file as an error; the few
-/// damages that still reach an assertion inside redb are caught here and treated the same
-/// way (the handle is dropped and never used again), so a bad file cannot stop the gateway.
-fn open_and_recover(path: &Path) -> Result<(Database, Contents), OpenError> {
-    // redb's page cache defaults to 1 GiB; recent messages are what deliveries read back.
-    let builder = || {
-        let mut b = Database::builder();
-        b.set_cache_size(CACHE_BYTES);
-        b
-    };
-    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match builder().create(path) {
-        Ok(db) => recover(&db).map(|c| (db, c)).map_err(|e| OpenError::Unreadable(e.to_string())),
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(OpenError::InUse),
-        Err(e) => Err(OpenError::Unreadable(e.to_string())),
-    }));
-    attempt.unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic while opening".into());
-        Err(OpenError::Unreadable(why))
-    })
+/// A keys file: MessageIds carried out of compacted segments.
+struct KeysFile {
+    id: u64,
+    path: PathBuf,
+    bytes: u64,
+    until: u64,
 }
 
-/// Pending deliveries, remembered MessageIds with their expiry, and the message count.
-type Contents = (Vec<Delivery>, Vec<(MessageKey, u64)>, u64);
+/// What the files on disk held.
+struct Replay {
+    index: Index,
+    keys_files: Vec<KeysFile>,
+    dedup: Vec<(MessageKey, u64)>,
+    next_seq: u64,
+    corrupt: Vec<PathBuf>,
+}
 
-fn recover(db: &Database) -> Result<Contents, StoreError> {
-    let w = db.begin_write().map_err(io)?;
-    {
-        // Creates the tables on first start so readers can open them.
-        w.open_table(MESSAGES).map_err(io)?;
-        w.open_table(DEDUP).map_err(io)?;
-        w.open_table(META).map_err(io)?;
+impl Replay {
+    fn run(data_dir: &Path, qdir: &Path) -> Result<Replay, StoreError> {
+        let mut segment_ids = Vec::new();
+        let mut keys_ids = Vec::new();
+        for entry in std::fs::read_dir(qdir).map_err(io_err(qdir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
+                segment_ids.push(id);
+            } else if let Some(id) = name.strip_prefix("keys-").and_then(|n| n.strip_suffix(".log")) {
+                keys_ids.extend(id.parse::<u64>().ok());
+            }
+        }
+        segment_ids.sort_unstable();
+        keys_ids.sort_unstable();
+        let now = crate::dedup::unix_now();
+        let mut corrupt = Vec::new();
+        let mut dedup = Vec::new();
+
+        let mut keys_files = Vec::new();
+        for id in keys_ids {
+            let path = qdir.join(keys_name(id));
+            let mut until = 0;
+            let read = read_log(data_dir, &path, &mut corrupt, |_, _, frame| {
+                if let Frame::Key { key, expires_at } = frame {
+                    until = until.max(expires_at);
+                    if expires_at > now {
+                        dedup.push((key, expires_at));
+                    }
+                }
+            })?;
+            if let Some(bytes) = read {
+                keys_files.push(KeysFile { id, path, bytes, until });
+            }
+        }
+
+        let mut index = Index::default();
+        let mut next_seq = 1;
+        let mut names: HashMap<String, Arc<str>> = HashMap::new();
+        for id in segment_ids {
+            let path = qdir.join(segment_name(id));
+            let mut keys_until = 0;
+            let live = &mut index.live;
+            let read = read_log(data_dir, &path, &mut corrupt, |offset, size, frame| match frame {
+                Frame::Header { next_seq: n } => next_seq = next_seq.max(n),
+                Frame::Key { key, expires_at } => {
+                    keys_until = keys_until.max(expires_at);
+                    if expires_at > now {
+                        dedup.push((key, expires_at));
+                    }
+                }
+                Frame::Accept { seq, key, record } => {
+                    next_seq = next_seq.max(seq + 1);
+                    if let Some((key, expires_at)) = key {
+                        keys_until = keys_until.max(expires_at);
+                        if expires_at > now {
+                            dedup.push((key, expires_at));
+                        }
+                    }
+                    let Some(rec) = record::decode(record) else {
+                        tracing::error!(seq, segment = id, "message record damaged behind a valid checksum; skipped");
+                        return;
+                    };
+                    let pending: Vec<Arc<str>> = rec
+                        .destinations
+                        .iter()
+                        .filter(|(_, done)| !done)
+                        .map(|(d, _)| names.entry(d.to_string()).or_insert_with(|| Arc::from(*d)).clone())
+                        .collect();
+                    if pending.is_empty() {
+                        live.remove(&seq);
+                    } else {
+                        let accepted_at_ms = rec.accepted_at_ms;
+                        live.insert(seq, Live { segment: id, offset, size, accepted_at_ms, pending });
+                    }
+                }
+                Frame::Finish { seq, destination } => {
+                    if let Some(l) = live.get_mut(&seq) {
+                        if let Some(i) = l.pending.iter().position(|d| **d == *destination) {
+                            l.pending.swap_remove(i);
+                        }
+                        if l.pending.is_empty() {
+                            live.remove(&seq);
+                        }
+                    }
+                }
+            })?;
+            let Some(bytes) = read else { continue };
+            let file = OpenOptions::new().read(true).append(true).open(&path).map_err(io_err(&path))?;
+            let segment = Segment { file: Arc::new(file), path, bytes, live: 0, live_bytes: 0, keys_until };
+            index.segments.insert(id, segment);
+        }
+        for l in index.live.values() {
+            if let Some(s) = index.segments.get_mut(&l.segment) {
+                s.live += 1;
+                s.live_bytes += l.size as u64;
+            }
+        }
+        Ok(Replay { index, keys_files, dedup, next_seq, corrupt })
     }
-    w.commit().map_err(io)?;
-    let r = db.begin_read().map_err(io)?;
-    // Records come in seq order, so each destination's deliveries keep accept order.
-    let mut pending = Vec::new();
-    for item in r.open_table(MESSAGES).map_err(io)?.iter().map_err(io)? {
-        let (k, v) = item.map_err(io)?;
-        let seq = k.value();
-        let bytes = v.value();
-        let rec = record::decode(bytes).ok_or_else(|| StoreError::Io(format!("message {seq}: damaged record")))?;
-        for (destination, done) in rec.destinations {
-            if !done {
-                pending.push(Delivery {
-                    destination: destination.to_string(),
-                    seq,
-                    accepted_at_ms: rec.accepted_at_ms,
-                    prepared: None,
-                });
+}
+
+/// Feeds every valid frame of a log file to `f` and returns the length of its valid part,
+/// or `None` when the file was not a log file at all (it is then moved aside whole). At
+/// the first damaged frame the file is copied aside and cut there: what follows a damaged
+/// frame cannot be framed reliably.
+fn read_log(
+    data_dir: &Path,
+    path: &Path,
+    corrupt: &mut Vec<PathBuf>,
+    mut f: impl FnMut(u64, u32, Frame<'_>),
+) -> Result<Option<u64>, StoreError> {
+    let aside = || {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        data_dir.join(format!("{name}.corrupt-{}", crate::dedup::unix_now()))
+    };
+    let mut reader = Reader::open(path).map_err(io_err(path))?;
+    let mut first = true;
+    loop {
+        match reader.next().map_err(io_err(path))? {
+            Step::Frame { offset, size, frame } => {
+                if first && !matches!(frame, Frame::Header { .. }) {
+                    break;
+                }
+                first = false;
+                f(offset, size, frame);
+            }
+            Step::End if first => {
+                // Created but never written (a crash inside `create_log_file`).
+                std::fs::remove_file(path).map_err(io_err(path))?;
+                return Ok(None);
+            }
+            Step::End => return Ok(Some(reader.offset())),
+            Step::Damaged { .. } if first => break,
+            Step::Damaged { offset, why } => {
+                let to = aside();
+                std::fs::copy(path, &to).map_err(io_err(&to))?;
+                let file = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+                file.set_len(offset).and_then(|_| file.sync_all()).map_err(io_err(path))?;
+                tracing::error!(path = %path.display(), offset, why, copy = %to.display(),
+                    "damaged store file: kept what precedes the damage, set a copy aside");
+                corrupt.push(to);
+                return Ok(Some(offset));
             }
         }
     }
-    let now = crate::dedup::unix_now();
-    let mut dedup = Vec::new();
-    for item in r.open_table(DEDUP).map_err(io)?.iter().map_err(io)? {
-        let (k, v) = item.map_err(io)?;
-        if v.value() > now {
-            dedup.push((MessageKey(k.value()), v.value()));
-        }
-    }
-    let stored = r.open_table(MESSAGES).map_err(io)?.len().map_err(io)?;
-    Ok((pending, dedup, stored))
+    let to = aside();
+    std::fs::rename(path, &to).map_err(io_err(&to))?;
+    tracing::error!(path = %path.display(), moved_to = %to.display(), "not a store file; set aside");
+    corrupt.push(to);
+    Ok(None)
 }
 
-/// The single writer: gathers queued operations into one transaction per fsync.
+/// The single writer: gathers queued operations into one write and one fsync.
 struct Writer {
-    db: Arc<Database>,
+    dir: PathBuf,
+    index: Arc<Mutex<Index>>,
     stored: Arc<AtomicU64>,
+    queued: Arc<AtomicUsize>,
+    next_seq: Arc<AtomicU64>,
     metrics: Metrics,
+    active: u64,
+    active_file: Arc<File>,
+    active_len: u64,
+    segment_bytes: u64,
+    /// Destination names, shared by every pending entry that names them.
+    names: HashMap<String, Arc<str>>,
+    buf: Vec<u8>,
+    wake: std_mpsc::Sender<()>,
+    /// Set when a failed write could not be undone: the log's end is then unknown, so
+    /// nothing more is appended (accepts answer 503) until a restart replays it.
+    broken: Option<String>,
 }
+
+type Accepted = (u64, u64, u32, u64, Vec<String>, oneshot::Sender<Result<Vec<Delivery>, StoreError>>);
 
 impl Writer {
-    fn run(self, mut rx: mpsc::Receiver<Op>) {
-        let mut last_prune = Instant::now();
-        while let Some(first) = rx.blocking_recv() {
+    fn run(mut self, rx: std_mpsc::Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -384,102 +675,332 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let prune = last_prune.elapsed() > Duration::from_secs(60);
-            if prune {
-                last_prune = Instant::now();
-            }
-            if self.commit(batch, prune) {
+            if self.commit(batch) {
                 return;
             }
         }
     }
 
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.names.insert(name.to_string(), n.clone());
+        n
+    }
+
     /// Returns true when a close was requested.
-    fn commit(&self, batch: Vec<Op>, prune: bool) -> bool {
+    fn commit(&mut self, batch: Vec<Op>) -> bool {
         let started = Instant::now();
         let size = batch.len();
-        let mut replies = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let base = self.active_len;
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut keys_only = Vec::new();
+        let mut carried = Vec::new();
+        let mut compacted = Vec::new();
         let mut flushes = Vec::new();
         let mut closing = false;
-        let result = (|| -> Result<i64, StoreError> {
-            let mut txn = self.db.begin_write().map_err(io)?;
-            txn.set_durability(Durability::Immediate).map_err(io)?;
-            let mut delta: i64 = 0;
-            {
-                let mut messages = txn.open_table(MESSAGES).map_err(io)?;
-                let mut dedup = txn.open_table(DEDUP).map_err(io)?;
-                let mut meta = txn.open_table(META).map_err(io)?;
-                let mut next_seq = meta.get("next_seq").map_err(io)?.map(|v| v.value()).unwrap_or(1);
-                for op in batch {
-                    match op {
-                        Op::Accept { record, accepted_at_ms, destinations, dedup: remember, reply } => {
-                            if let Some((key, expires_at)) = remember {
-                                dedup.insert(key.0, expires_at).map_err(io)?;
+        let mut keys_until = 0;
+        let index_lock = self.index.clone();
+        {
+            let mut index = lock(&index_lock);
+            for op in batch {
+                match op {
+                    Op::Accept { seq, frame, accepted_at_ms, destinations, key_expires, reply } => {
+                        self.queued.fetch_sub(1, Ordering::Relaxed);
+                        keys_until = keys_until.max(key_expires.unwrap_or(0));
+                        let offset = base + buf.len() as u64;
+                        buf.extend_from_slice(&frame);
+                        match seq {
+                            Some(seq) => {
+                                accepted.push((seq, offset, frame.len() as u32, accepted_at_ms, destinations, reply))
                             }
-                            let mut deliveries = Vec::new();
-                            if let Some(record) = record {
-                                let seq = next_seq;
-                                next_seq += 1;
-                                messages.insert(seq, record.as_slice()).map_err(io)?;
-                                for d in destinations {
-                                    deliveries.push(Delivery { destination: d, seq, accepted_at_ms, prepared: None });
-                                }
-                                delta += 1;
-                            }
-                            replies.push((reply, deliveries));
+                            None => keys_only.push(reply),
                         }
-                        Op::Flush { reply, close } => {
-                            closing |= close;
-                            flushes.push(reply);
-                        }
-                        Op::Finish { destination, seq } => {
-                            // Remove, then put back only if other destinations still wait:
-                            // the common single-destination case is one B-tree operation.
-                            let Some(old) = messages.remove(seq).map_err(io)? else { continue };
-                            let mut rec = old.value().to_vec();
-                            drop(old);
-                            match record::mark_done(&mut rec, &destination) {
-                                Some(0) => delta -= 1,
-                                // Others pending, or this one was not (a repeated finish).
-                                _ => {
-                                    messages.insert(seq, rec.as_slice()).map_err(io)?;
-                                }
+                    }
+                    Op::Finish { destination, seq } => {
+                        // Applied now, durable with this write. Should the write fail, the
+                        // delivery may be repeated after a restart, never lost.
+                        let Some(l) = index.live.get_mut(&seq) else { continue };
+                        let Some(i) = l.pending.iter().position(|d| **d == *destination) else { continue };
+                        l.pending.swap_remove(i);
+                        let last = l.pending.is_empty();
+                        log::append(&mut buf, &Frame::Finish { seq, destination: &destination });
+                        if last {
+                            if let Some(old) = index.live.remove(&seq) {
+                                index.unplace(&old);
                             }
                         }
                     }
-                }
-                meta.insert("next_seq", next_seq).map_err(io)?;
-                if prune {
-                    let now = crate::dedup::unix_now();
-                    dedup.retain(|_, expires| expires > now).map_err(io)?;
+                    Op::Compact { segment, carry, done } => {
+                        for (seq, mut record) in carry {
+                            let Some(l) = index.live.get(&seq).filter(|l| l.segment == segment) else { continue };
+                            record::keep_only_pending(&mut record, &l.pending);
+                            let offset = base + buf.len() as u64;
+                            let size = log::append(&mut buf, &Frame::Accept { seq, key: None, record: &record });
+                            carried.push((seq, offset, size));
+                        }
+                        compacted.push((segment, done));
+                    }
+                    Op::Flush { reply, close } => {
+                        closing |= close;
+                        flushes.push(reply);
+                    }
                 }
             }
-            txn.commit().map_err(io)?;
-            Ok(delta)
-        })();
+        }
+
+        match self.write(&buf, base) {
+            Ok(()) => {
+                self.active_len += buf.len() as u64;
+                let active = self.active;
+                let mut removed = Vec::new();
+                let mut replies = Vec::with_capacity(accepted.len());
+                {
+                    let mut index = lock(&index_lock);
+                    if let Some(s) = index.segments.get_mut(&active) {
+                        s.bytes = self.active_len;
+                        s.keys_until = s.keys_until.max(keys_until);
+                    }
+                    for (seq, offset, size) in carried {
+                        let Some(old) = index.live.get(&seq) else { continue };
+                        let moved = Live {
+                            segment: active,
+                            offset,
+                            size,
+                            accepted_at_ms: old.accepted_at_ms,
+                            pending: old.pending.clone(),
+                        };
+                        index.place(seq, moved);
+                    }
+                    for (seq, offset, size, accepted_at_ms, destinations, reply) in accepted {
+                        let pending = destinations.iter().map(|d| self.intern(d)).collect();
+                        index.place(seq, Live { segment: active, offset, size, accepted_at_ms, pending });
+                        let deliveries = destinations
+                            .into_iter()
+                            .map(|destination| Delivery { destination, seq, accepted_at_ms, prepared: None })
+                            .collect();
+                        replies.push((reply, deliveries));
+                    }
+                    for (segment, done) in compacted {
+                        if let Some(s) = index.segments.remove(&segment) {
+                            removed.push(s.path);
+                        }
+                        let _ = done.send(());
+                    }
+                    let stored = index.live.len() as u64;
+                    self.stored.store(stored, Ordering::Relaxed);
+                    self.metrics.stored_messages.set(stored as i64);
+                    self.metrics.store_disk_bytes.set(index.disk_bytes() as i64);
+                }
+                for (reply, deliveries) in replies {
+                    let _ = reply.send(Ok(deliveries));
+                }
+                for reply in keys_only {
+                    let _ = reply.send(Ok(Vec::new()));
+                }
+                self.remove(&removed);
+                if self.active_len >= self.segment_bytes {
+                    self.rotate();
+                }
+            }
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::error!(error = %e, "store write failed; accepts in this batch answered 503");
+                for (.., reply) in accepted {
+                    let _ = reply.send(Err(StoreError::Io(e.clone())));
+                }
+                for reply in keys_only {
+                    let _ = reply.send(Err(StoreError::Io(e.clone())));
+                }
+                // Dropping `compacted` tells the compactor; it tries again later.
+            }
+        }
         for f in flushes {
             let _ = f.send(());
         }
         self.metrics.store_batch_size.observe(size as f64);
         self.metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(delta) => {
-                let now = (self.stored.load(Ordering::Relaxed) as i64 + delta).max(0) as u64;
-                self.stored.store(now, Ordering::Relaxed);
-                self.metrics.stored_messages.set(now as i64);
-                for (reply, deliveries) in replies {
-                    let _ = reply.send(Ok(deliveries));
-                }
-            }
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::error!(error = %e, "store commit failed; accepts in this batch answered 503");
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Io(e.to_string())));
-                }
-            }
+        // Keep the buffer for the next batch unless one huge batch inflated it.
+        if buf.capacity() <= 8 << 20 {
+            self.buf = buf;
         }
         closing
+    }
+
+    fn write(&mut self, buf: &[u8], base: u64) -> Result<(), String> {
+        if let Some(why) = &self.broken {
+            return Err(why.clone());
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let result = (&*self.active_file).write_all(buf).and_then(|_| self.active_file.sync_data());
+        result.map_err(|e| {
+            // Cut off whatever part of the batch reached the file, so the next write
+            // continues a clean log; if even that fails, stop writing.
+            if let Err(cut) = self.active_file.set_len(base).and_then(|_| self.active_file.sync_data()) {
+                self.broken = Some(format!("log end unknown after a failed write ({e}) and a failed repair ({cut})"));
+            }
+            e.to_string()
+        })
+    }
+
+    fn remove(&self, paths: &[PathBuf]) {
+        for path in paths {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete a compacted segment");
+            }
+        }
+        // Durable deletion keeps the oldest-first order across a crash (see the module doc).
+        if !paths.is_empty() {
+            if let Err(e) = sync_dir(&self.dir) {
+                tracing::warn!(error = %e, "could not sync the queue directory");
+            }
+        }
+    }
+
+    fn rotate(&mut self) {
+        let id = self.active + 1;
+        match new_segment(&self.dir, id, self.next_seq.load(Ordering::Relaxed)) {
+            Ok(segment) => {
+                self.active_file = segment.file.clone();
+                self.active_len = segment.bytes;
+                self.active = id;
+                let mut index = lock(&self.index);
+                index.segments.insert(id, segment);
+                index.active = id;
+                drop(index);
+                let _ = self.wake.send(());
+            }
+            // The current segment keeps growing; tried again after the next commit.
+            Err(e) => tracing::error!(error = %e, "could not start a new log segment"),
+        }
+    }
+}
+
+/// Reclaims space, oldest segment first (see the module doc).
+struct Compactor {
+    dir: PathBuf,
+    index: Arc<Mutex<Index>>,
+    ops: std_mpsc::Sender<Op>,
+    keys_files: Vec<KeysFile>,
+    stop: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+impl Compactor {
+    fn run(mut self, wake: std_mpsc::Receiver<()>) {
+        loop {
+            if let Err(std_mpsc::RecvTimeoutError::Disconnected) = wake.recv_timeout(COMPACT_EVERY) {
+                return;
+            }
+            while !self.stop.load(Ordering::Relaxed) {
+                match self.step() {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "compaction failed; tried again later");
+                        break;
+                    }
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            self.expire_keys_files();
+        }
+    }
+
+    /// Reclaims the oldest sealed segment if at least half of it is garbage; true if it did.
+    fn step(&mut self) -> Result<bool, StoreError> {
+        let now = crate::dedup::unix_now();
+        let (id, path, scan) = {
+            let index = lock(&self.index);
+            let Some((&id, s)) = index.segments.iter().next() else { return Ok(false) };
+            if id == index.active || s.live_bytes * 2 > s.bytes {
+                return Ok(false);
+            }
+            (id, s.path.clone(), s.live > 0 || s.keys_until > now)
+        };
+        let mut carry = Vec::new();
+        if scan {
+            let mut keys = Vec::new();
+            let mut reader = Reader::open(&path).map_err(io_err(&path))?;
+            while let Step::Frame { offset, frame, .. } = reader.next().map_err(io_err(&path))? {
+                match frame {
+                    Frame::Accept { seq, key, record } => {
+                        keys.extend(key.filter(|(_, e)| *e > now));
+                        let live =
+                            lock(&self.index).live.get(&seq).is_some_and(|l| l.segment == id && l.offset == offset);
+                        if live {
+                            carry.push((seq, record.to_vec()));
+                        }
+                    }
+                    Frame::Key { key, expires_at } if expires_at > now => keys.push((key, expires_at)),
+                    _ => {}
+                }
+            }
+            self.append_keys(&keys)?;
+        }
+        let carried = carry.len();
+        let (done, finished) = std_mpsc::channel();
+        self.ops.send(Op::Compact { segment: id, carry, done }).map_err(|_| StoreError::Closed)?;
+        finished.recv().map_err(|_| StoreError::Io("the commit carrying live messages failed".into()))?;
+        tracing::debug!(segment = id, carried, "segment compacted");
+        self.metrics.store_compactions.inc();
+        Ok(true)
+    }
+
+    fn append_keys(&mut self, keys: &[(MessageKey, u64)]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if self.keys_files.last().is_none_or(|k| k.bytes >= KEYS_FILE_BYTES) {
+            let id = self.keys_files.last().map_or(1, |k| k.id + 1);
+            let (_, bytes) = create_log_file(&self.dir, &keys_name(id), 0)?;
+            self.keys_files.push(KeysFile { id, path: self.dir.join(keys_name(id)), bytes, until: 0 });
+        }
+        let kf = self.keys_files.last_mut().expect("just ensured");
+        let mut buf = Vec::with_capacity(keys.len() * 33);
+        for &(key, expires_at) in keys {
+            log::append(&mut buf, &Frame::Key { key, expires_at });
+            kf.until = kf.until.max(expires_at);
+        }
+        let mut file = OpenOptions::new().append(true).open(&kf.path).map_err(io_err(&kf.path))?;
+        if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
+            let _ = file.set_len(kf.bytes);
+            return Err(io_err(&kf.path)(e));
+        }
+        kf.bytes += buf.len() as u64;
+        lock(&self.index).keys_bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    fn expire_keys_files(&mut self) {
+        let now = crate::dedup::unix_now();
+        let mut freed = 0;
+        self.keys_files.retain(|k| {
+            if k.until > now {
+                return true;
+            }
+            match std::fs::remove_file(&k.path) {
+                Ok(()) => {
+                    freed += k.bytes;
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(path = %k.path.display(), error = %e, "could not delete an expired keys file");
+                    true
+                }
+            }
+        });
+        if freed > 0 {
+            lock(&self.index).keys_bytes -= freed;
+        }
     }
 }
 
@@ -519,6 +1040,134 @@ mod tests {
         store.finish("b", d[0].seq).await;
         store.flush().await;
         assert!(store.load(d[0].seq).unwrap().is_none(), "fully delivered message still stored");
+        store.close().await;
+    }
+
+    fn files(dir: &Path, suffix: &str) -> usize {
+        std::fs::read_dir(dir.join(QUEUE_DIR))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn compaction_carries_pending_messages_and_remembered_ids_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let (store, _) = Store::open_with(dir.path(), 1000, metrics.clone(), 1024).unwrap();
+        let mut seqs = Vec::new();
+        for i in 0..60 {
+            let id = format!("c{i}");
+            let key = (MessageKey::of(&id), u64::MAX);
+            let d = store.accept(&envelope(&id), vec!["a".into(), "b".into()], Some(key)).await.unwrap();
+            seqs.push(d[0].seq);
+        }
+        // Unrouted: only the id is recorded.
+        store.accept(&envelope("unrouted"), vec![], Some((MessageKey::of("unrouted"), u64::MAX))).await.unwrap();
+        // Everything done except: seqs[3] waits for both, seqs[10] for "b" only.
+        for (i, seq) in seqs.iter().enumerate() {
+            if i != 3 {
+                store.finish("a", *seq).await;
+            }
+            if i != 3 && i != 10 {
+                store.finish("b", *seq).await;
+            }
+        }
+        store.flush().await;
+        let created = lock(&store.inner.index).active;
+        assert!(created > 10, "test needs many segments, got {created}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while files(dir.path(), ".seg") > 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(files(dir.path(), ".seg") <= 2, "segments not reclaimed: {} left", files(dir.path(), ".seg"));
+        assert!(metrics.store_compactions.get() >= 10);
+        assert_eq!(files(dir.path(), ".log"), 1, "remembered ids were not carried into a keys file");
+        // Carried records are readable where they now are.
+        assert_eq!(store.load(seqs[3]).unwrap().unwrap().envelope.message_id, "c3");
+        assert_eq!(store.load(seqs[10]).unwrap().unwrap().envelope.message_id, "c10");
+        assert!(store.load(seqs[4]).unwrap().is_none());
+        store.close().await;
+        drop(store);
+
+        let (store, rec) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
+        let mut pending: Vec<(u64, String)> = rec.pending.iter().map(|p| (p.seq, p.destination.clone())).collect();
+        pending.sort();
+        let mut want = vec![(seqs[3], "a".to_string()), (seqs[3], "b".to_string()), (seqs[10], "b".to_string())];
+        want.sort();
+        assert_eq!(pending, want);
+        let keys: std::collections::HashSet<MessageKey> = rec.dedup.iter().map(|(k, _)| *k).collect();
+        for i in 0..60 {
+            assert!(keys.contains(&MessageKey::of(&format!("c{i}"))), "id c{i} forgotten");
+        }
+        assert!(keys.contains(&MessageKey::of("unrouted")));
+        // New seqs never reuse old ones (dead letter ids are built from them).
+        let d = store.accept(&envelope("new"), vec!["a".into()], None).await.unwrap();
+        assert!(d[0].seq > *seqs.last().unwrap());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn expired_ids_are_not_kept_and_a_second_opener_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
+        assert!(
+            matches!(Store::open(dir.path(), 1000, Metrics::new()), Err(StoreError::Io(e)) if e.contains("in use"))
+        );
+        for i in 0..30 {
+            let id = format!("e{i}");
+            let d = store.accept(&envelope(&id), vec!["a".into()], Some((MessageKey::of(&id), 1))).await.unwrap();
+            store.finish("a", d[0].seq).await;
+        }
+        store.flush().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while files(dir.path(), ".seg") > 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(files(dir.path(), ".seg") <= 2);
+        assert_eq!(files(dir.path(), ".log"), 0, "expired ids need no keys file");
+        store.close().await;
+        drop(store);
+        let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+        assert!(rec.pending.is_empty() && rec.dedup.is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn damage_is_cut_off_and_the_part_before_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+        let mut seqs = Vec::new();
+        for i in 0..10 {
+            seqs.push(store.accept(&envelope(&format!("d{i}")), vec!["a".into()], None).await.unwrap()[0].seq);
+        }
+        store.close().await;
+        drop(store);
+        let seg = dir.path().join(QUEUE_DIR).join(segment_name(1));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        // Flip a byte in the 8th message's record: messages 0..7 survive.
+        let (at, _) = {
+            let (store, _) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+            let index = lock(&store.inner.index);
+            let l = &index.live[&seqs[7]];
+            (l.offset as usize + 20, store.inner.stop.load(Ordering::Relaxed))
+        };
+        bytes[at] ^= 1;
+        std::fs::write(&seg, &bytes).unwrap();
+        let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+        let got: Vec<u64> = rec.pending.iter().map(|p| p.seq).collect();
+        assert_eq!(got, seqs[..7].to_vec());
+        assert_eq!(rec.corrupt.len(), 1);
+        assert!(std::fs::metadata(&rec.corrupt[0]).unwrap().len() == bytes.len() as u64, "copy is the whole file");
+        // Appends continue after the cut.
+        let d = store.accept(&envelope("after"), vec!["a".into()], None).await.unwrap();
+        store.close().await;
+        drop(store);
+        let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+        assert_eq!(rec.pending.last().unwrap().seq, d[0].seq);
+        assert!(rec.corrupt.is_empty());
+        assert_eq!(store.load(d[0].seq).unwrap().unwrap().envelope.message_id, "after");
         store.close().await;
     }
 }

@@ -14,9 +14,8 @@ pub struct Record<'a> {
     pub json: &'a [u8],
 }
 
-pub fn encode(accepted_at_ms: u64, destinations: &[String], json: &[u8]) -> Vec<u8> {
-    let names: usize = destinations.iter().map(|d| d.len() + 3).sum();
-    let mut out = Vec::with_capacity(10 + names + json.len());
+/// Writes the header; the JSON follows it to the end of the record.
+pub fn encode_header(out: &mut Vec<u8>, accepted_at_ms: u64, destinations: &[String]) {
     out.extend_from_slice(&accepted_at_ms.to_le_bytes());
     out.extend_from_slice(&(destinations.len() as u16).to_le_bytes());
     for d in destinations {
@@ -24,6 +23,12 @@ pub fn encode(accepted_at_ms: u64, destinations: &[String], json: &[u8]) -> Vec<
         out.extend_from_slice(d.as_bytes());
         out.push(0);
     }
+}
+
+#[cfg(test)]
+pub fn encode(accepted_at_ms: u64, destinations: &[String], json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_header(&mut out, accepted_at_ms, destinations);
     out.extend_from_slice(json);
     out
 }
@@ -70,6 +75,20 @@ pub fn mark_done(b: &mut [u8], destination: &str) -> Option<usize> {
     found.then_some(left)
 }
 
+/// Marks done every destination of the record that is not in `pending`: the state a
+/// record is rewritten with when compaction carries it forward.
+pub fn keep_only_pending(b: &mut [u8], pending: &[impl AsRef<str>]) {
+    let open: Vec<String> = match decode(b) {
+        Some(r) => r.destinations.iter().filter(|(_, done)| !done).map(|(n, _)| n.to_string()).collect(),
+        None => return,
+    };
+    for name in open {
+        if !pending.iter().any(|p| p.as_ref() == name) {
+            mark_done(b, &name);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +106,10 @@ mod tests {
         assert_eq!(mark_done(&mut rec, "nope"), None);
         assert_eq!(decode(&rec).unwrap().destinations, vec![("ops", false), ("oncall", true)]);
         assert_eq!(mark_done(&mut rec, "ops"), Some(0));
+
+        let mut rec = encode(1, &["a".into(), "b".into(), "c".into()], b"{}");
+        keep_only_pending(&mut rec, &["b"]);
+        assert_eq!(decode(&rec).unwrap().destinations, vec![("a", true), ("b", false), ("c", true)]);
     }
 
     #[test]
