@@ -164,6 +164,9 @@ async fn run() {
         let cpu0 = gw.cpu();
         let r = drive(gw.addr, corpus.bodies.clone(), conns, Duration::from_secs(secs), None).await;
         let cpu = gw.cpu() - cpu0;
+        let commits = gw.metric("webhook_relay_store_commit_seconds_count").await;
+        let batched = gw.metric("webhook_relay_store_commit_batch_size_sum").await;
+        let pending_at_end = gw.metric("webhook_relay_store_messages").await;
         let accepted = r.ok;
         let drain_start = Instant::now();
         let posts0 = sink.posts.load(Ordering::Relaxed);
@@ -182,6 +185,11 @@ async fn run() {
             cpu.as_secs_f64() * 1e6 / accepted.max(1) as f64
         );
         println!("| gateway memory | peak RSS {} MiB, RSS after {} MiB |", gw.mem("VmHWM"), gw.mem("VmRSS"));
+        println!(
+            "| store commits during the burst | {commits:.0} ({:.0}/s), {:.1} operations each; {pending_at_end:.0} messages pending when it ended |",
+            commits / secs as f64,
+            batched / commits.max(1.0)
+        );
         println!("| delivery after the burst | {} of {} accepted reached the sink once ({} duplicates), {} posts; drain {:.1} s after the burst ended, {:.0} posts/s while draining |", sink.unique(), accepted, sink.duplicates(), posts, drain.as_secs_f64(), (posts - posts0) as f64 / drain.as_secs_f64().max(0.001));
         if !drained {
             println!("| WARNING | not every accepted notification was delivered within 120 s |");
@@ -527,24 +535,36 @@ impl Gateway {
         Gateway::spawn(old.dir.clone(), old._tmp.clone())
     }
 
+    /// GET on the admin listener: status and body, or None if it does not answer.
+    async fn admin_get(&self, path: &str) -> Option<(u16, Bytes)> {
+        let tcp = tokio::net::TcpStream::connect(addr(self.admin)).await.ok()?;
+        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.ok()?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(path).header("host", "a").body(Full::new(Bytes::new())).expect("req");
+        let r = s.send_request(req).await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.into_body().collect().await.ok()?.to_bytes()))
+    }
+
     /// Time from spawn until /readyz answers 200.
     async fn ready(&self) -> Duration {
         for _ in 0..5000 {
-            if let Ok(tcp) = tokio::net::TcpStream::connect(addr(self.admin)).await {
-                if let Ok((mut s, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
-                    tokio::spawn(conn);
-                    let req =
-                        hyper::Request::get("/readyz").header("host", "a").body(Full::new(Bytes::new())).expect("req");
-                    if let Ok(r) = s.send_request(req).await {
-                        if r.status() == 200 {
-                            return self.started.elapsed();
-                        }
-                    }
-                }
+            if self.admin_get("/readyz").await.is_some_and(|(s, _)| s == 200) {
+                return self.started.elapsed();
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         panic!("gateway never became ready");
+    }
+
+    /// One sample's value from /metrics (0 if absent).
+    async fn metric(&self, name: &str) -> f64 {
+        let body = self.admin_get("/metrics").await.map(|(_, b)| b).unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     fn pid(&self) -> u32 {

@@ -167,6 +167,19 @@ impl Reader {
         self.offset
     }
 
+    fn rest_is_zero(&mut self) -> io::Result<bool> {
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            let n = read_full(&mut self.file, &mut chunk)?;
+            if chunk[..n].iter().any(|b| *b != 0) {
+                return Ok(false);
+            }
+            if n < chunk.len() {
+                return Ok(true);
+            }
+        }
+    }
+
     pub fn next(&mut self) -> io::Result<Step<'_>> {
         let offset = self.offset;
         let mut head = [0u8; HEAD];
@@ -179,6 +192,14 @@ impl Reader {
         }
         let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+        if head == [0; HEAD] {
+            // Segments are zero-filled ahead: zeros to the end of the file are the clean end.
+            return Ok(if self.rest_is_zero()? {
+                Step::End
+            } else {
+                Step::Damaged { offset, why: "zeroed frame followed by data" }
+            });
+        }
         if len == 0 || len > MAX_PAYLOAD {
             return Ok(Step::Damaged { offset, why: "impossible frame length" });
         }
@@ -270,6 +291,12 @@ mod tests {
         };
         assert_eq!(read_second(&buf), "frame");
         assert_eq!(read_second(&buf[..first]), "end");
+        // Preallocated zeros after the log are its end; data after zeros is damage.
+        let mut zeroed = buf[..first].to_vec();
+        zeroed.extend_from_slice(&[0; 4096]);
+        assert_eq!(read_second(&zeroed), "end");
+        zeroed.push(1);
+        assert_eq!(read_second(&zeroed), "damaged");
         for cut in first + 1..buf.len() {
             assert_eq!(read_second(&buf[..cut]), "damaged", "cut at {cut}");
         }
