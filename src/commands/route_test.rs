@@ -87,7 +87,7 @@ fn envelope_from(text: &str) -> Option<Envelope> {
             timestamp: get("Timestamp").unwrap_or_default(),
         });
     }
-    let alarm = crate::route::alarm::parse_alarm_value(&v)?;
+    let alarm = crate::route::alarm::parse_alarm(&v.to_string())?;
     // A bare alarm has no topic: make one from its ARN's region and account.
     let region = alarm.arn.as_deref().and_then(|a| a.split(':').nth(3)).unwrap_or("us-east-1");
     let account = alarm.account.clone().unwrap_or_else(|| "000000000000".into());

@@ -366,6 +366,7 @@ impl Store {
             wake: wake_tx,
             dirty: false,
             last_commit: Instant::now(),
+            last_accepts: 0,
             broken: None,
         };
         let compactor =
@@ -751,6 +752,7 @@ struct Writer {
     /// Written but not yet fsync'd (finish frames only; see `commit`).
     dirty: bool,
     last_commit: Instant,
+    last_accepts: usize,
     /// Set when a failed write could not be undone: the log's end is then unknown, so
     /// nothing more is appended (accepts answer 503) until a restart replays it.
     broken: Option<String>,
@@ -780,9 +782,11 @@ impl Writer {
                     return;
                 }
             };
-            // Under sustained load (the previous commit just ended), wait a moment for more
-            // operations: each fsync costs the same CPU however much it carries.
-            let until = Instant::now() + if self.last_commit.elapsed() < GATHER { GATHER } else { Duration::ZERO };
+            // Under concurrent load (the previous commit carried several accepts and just
+            // ended), wait a moment for more: each fsync costs the same CPU however much it
+            // carries. A lone client in sequence never waits.
+            let busy = self.last_accepts > 1 && self.last_commit.elapsed() < GATHER;
+            let until = Instant::now() + if busy { GATHER } else { Duration::ZERO };
             let mut bytes = 0;
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -805,6 +809,7 @@ impl Writer {
                 }
                 batch.push(next);
             }
+            self.last_accepts = batch.iter().filter(|op| matches!(op, Op::Accept { .. })).count();
             let closing = self.commit(batch);
             self.last_commit = Instant::now();
             if closing {
