@@ -225,6 +225,8 @@ pub struct Settings {
     pub limits: server::Limits,
     /// Most messages held undelivered before /sns answers 503.
     pub max_stored: u64,
+    /// Deliveries each destination keeps in memory; the rest wait in the store only.
+    pub queue_cap: usize,
     /// Test seams: a fetcher trusting a local CA, and an injected clock.
     pub fetcher: Option<Fetcher>,
     pub clock: Option<Clock>,
@@ -244,6 +246,7 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(20),
             limits: server::Limits::default(),
             max_stored: 200_000,
+            queue_cap: deliver::DEFAULT_QUEUE_CAP,
             fetcher: None,
             clock: None,
             webhook_timeout: Duration::from_secs(10),
@@ -315,6 +318,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         HttpClient::new(settings.webhook_timeout),
         metrics.clone(),
         shutdown_rx.clone(),
+        settings.queue_cap.max(1),
     );
     tracing::info!(pending = recovered.pending.len(), "resuming pending deliveries");
     deliver.enqueue(recovered.pending);

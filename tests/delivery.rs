@@ -258,3 +258,38 @@ async fn a_state_change_that_arrives_after_a_newer_one_is_marked_late() {
     assert!(texts[1].starts_with(":hourglass: Late: ") && texts[1].contains("ALARM: prod-late"), "{texts:?}");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_backlog_beyond_the_memory_queue_is_read_back_from_the_store_in_order_and_once() {
+    let sink = SlackSink::start().await.unwrap();
+    // The first post hangs, so everything after it piles up behind a 3-deep memory queue.
+    sink.script("c", vec![Reply::Slow(Duration::from_millis(1500))]);
+    let gw = start_with(&one_channel(&sink, "c", "rate = \"1000/s\"\nburst = 1000", ""), |s| s.queue_cap = 3).await;
+    let n = 30;
+    for i in 0..n {
+        assert_eq!(
+            gw.post(alarm(signer(), &format!("sp{i}"), &format!("prod-sp{i}"), "ALARM").to_string()).await.0,
+            200
+        );
+    }
+    assert!(
+        sink.wait_until(Duration::from_secs(15), |_| name_counts(&sink, "c", "prod-sp").len() == n).await,
+        "not every alarm was delivered: {:?}",
+        name_counts(&sink, "c", "prod-sp")
+    );
+    let counts = name_counts(&sink, "c", "prod-sp");
+    assert!(counts.values().all(|c| *c == 1), "an alarm was posted twice: {counts:?}");
+    // Accept order is kept across the spill: names appear in the order they were sent.
+    let re = regex::Regex::new(r"prod-sp(\d+)\b").unwrap();
+    let seen: Vec<usize> = sink
+        .delivered("c")
+        .iter()
+        .flat_map(|p| {
+            let text = p.body["text"].as_str().unwrap_or("").to_string();
+            re.captures_iter(&text).map(|c| c[1].parse().unwrap()).collect::<Vec<usize>>()
+        })
+        .collect();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>());
+    assert!(gw.metrics().await.contains("webhook_relay_queue_depth{destination=\"c\"} 0"));
+    gw.shutdown().await;
+}

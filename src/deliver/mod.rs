@@ -10,7 +10,7 @@
 pub mod client;
 pub mod slack;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -84,9 +84,35 @@ pub fn backoff(attempt: u32) -> Duration {
     window.mul_f64(rand::random::<f64>())
 }
 
+/// Deliveries one destination holds in memory; past this the rest wait only in the store
+/// and the worker reads them back in accept order as it catches up. Memory under a long
+/// Slack outage or a burst is then the store's index (~50 bytes a message), not a queue.
+pub const DEFAULT_QUEUE_CAP: usize = 4096;
+
 struct Queue {
-    items: Mutex<VecDeque<Delivery>>,
+    items: Mutex<QueueState>,
     wake: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Delivery>,
+    /// Seqs in `items`, so a delivery is never held twice.
+    held: HashSet<u64>,
+    /// The store holds deliveries for this destination that `items` does not.
+    spilled: bool,
+    /// About how many those are (for the depth gauge).
+    spilled_count: usize,
+}
+
+impl QueueState {
+    fn depth(&self) -> usize {
+        self.items.len() + self.spilled_count
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
 }
 
 /// Remembers when alarms entered ALARM, so an OK can say how long it lasted.
@@ -115,6 +141,7 @@ struct DelivererInner {
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     alarm_history: AlarmHistory,
     shutdown: Shutdown,
+    queue_cap: usize,
     /// Workers in flight, so shutdown can wait for the current posts to finish.
     tasks: tokio_util::task::TaskTracker,
 }
@@ -126,6 +153,7 @@ impl Deliverer {
         client: HttpClient,
         metrics: Metrics,
         shutdown: Shutdown,
+        queue_cap: usize,
     ) -> Deliverer {
         Deliverer {
             inner: Arc::new(DelivererInner {
@@ -139,6 +167,7 @@ impl Deliverer {
                     .time_to_idle(Duration::from_secs(7 * 86400))
                     .build(),
                 shutdown,
+                queue_cap,
                 tasks: tokio_util::task::TaskTracker::new(),
             }),
         }
@@ -150,7 +179,7 @@ impl Deliverer {
         for d in deliveries {
             let d_name = d.destination.clone();
             let queue = queues.entry(d.destination.clone()).or_insert_with(|| {
-                let q = Arc::new(Queue { items: Mutex::new(VecDeque::new()), wake: Notify::new() });
+                let q = Arc::new(Queue { items: Mutex::new(QueueState::default()), wake: Notify::new() });
                 let worker = Worker {
                     d: self.inner.clone(),
                     name: d.destination.clone(),
@@ -162,15 +191,24 @@ impl Deliverer {
                 q
             });
             let depth = {
-                let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
+                let mut st = queue.items.lock().unwrap_or_else(|p| p.into_inner());
                 let mut d = d;
-                if items.len() >= KEEP_PREPARED_UP_TO {
-                    // A long backlog (Slack down) must not hold every message in memory:
-                    // past this depth the worker reads them back from disk.
-                    d.prepared = None;
+                if st.held.contains(&d.seq) {
+                    // Already read back from the store by the worker.
+                } else if st.spilled || st.items.len() >= self.inner.queue_cap {
+                    // The worker reads it back from the store, in order, when it gets there.
+                    st.spilled = true;
+                    st.spilled_count += 1;
+                } else {
+                    if st.items.len() >= KEEP_PREPARED_UP_TO {
+                        // A long backlog (Slack down) must not hold every message in memory:
+                        // past this depth the worker reads them back from disk.
+                        d.prepared = None;
+                    }
+                    st.held.insert(d.seq);
+                    st.items.push_back(d);
                 }
-                items.push_back(d);
-                items.len()
+                st.depth()
             };
             self.inner.metrics.queue_depth.get_or_create(&Metrics::named("destination", &d_name)).set(depth as i64);
             queue.wake.notify_one();
@@ -180,7 +218,7 @@ impl Deliverer {
     /// Total deliveries waiting in memory.
     pub fn pending(&self) -> usize {
         let queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues.values().map(|q| q.items.lock().map(|i| i.len()).unwrap_or(0)).sum()
+        queues.values().map(|q| q.items.lock().map(|i| i.depth()).unwrap_or(0)).sum()
     }
 
     /// Waits until every worker has stopped (after shutdown) or `timeout` passes.
@@ -217,7 +255,12 @@ impl Worker {
             if shutdown.is_shutdown() {
                 return;
             }
-            let head = self.queue.items.lock().unwrap_or_else(|p| p.into_inner()).front().cloned();
+            let refill =
+                self.queue.items.lock().map(|st| st.spilled && st.len() <= self.d.queue_cap / 2).unwrap_or(false);
+            if refill {
+                self.refill().await;
+            }
+            let head = self.queue.items.lock().unwrap_or_else(|p| p.into_inner()).items.front().cloned();
             let Some(head) = head else {
                 tokio::select! {
                     _ = self.queue.wake.notified() => continue,
@@ -311,7 +354,7 @@ impl Worker {
                     self.sleep(wait, &mut shutdown).await;
                 }
             }
-            let depth = self.queue.items.lock().map(|i| i.len()).unwrap_or(0);
+            let depth = self.queue.items.lock().map(|i| i.depth()).unwrap_or(0);
             self.d.metrics.queue_depth.get_or_create(&Metrics::named("destination", &self.name)).set(depth as i64);
         }
     }
@@ -356,9 +399,9 @@ impl Worker {
             self.singles_left -= 1;
             return Batch::One(head);
         }
-        let items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-        if (behind && items.len() > 1) || items.len() > DIGEST_BACKLOG {
-            Batch::Digest(items.iter().take(DIGEST_MAX).cloned().collect())
+        let st = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
+        if (behind && st.depth() > 1) || st.depth() > DIGEST_BACKLOG {
+            Batch::Digest(st.items.iter().take(DIGEST_MAX).cloned().collect())
         } else {
             Batch::One(head)
         }
@@ -366,9 +409,32 @@ impl Worker {
 
     fn pop(&self, batch: &Batch) {
         let n = batch_items(batch).len();
-        let mut items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..n {
-            items.pop_front();
+            if let Some(d) = st.items.pop_front() {
+                st.held.remove(&d.seq);
+            }
+        }
+    }
+
+    /// Reads the next deliveries for this destination back from the store, oldest first.
+    async fn refill(&self) {
+        // Finishes sent so far must be in the store's index first, or a delivery just
+        // made would look pending again.
+        self.d.store.flush().await;
+        let mut st = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
+        let want = self.d.queue_cap - st.items.len().min(self.d.queue_cap);
+        let more = self.d.store.waiting_for(&self.name, &st.held, want);
+        // Under the queue lock, so no enqueue can slip between the scan and this.
+        if more.len() < want {
+            st.spilled = false;
+            st.spilled_count = 0;
+        } else {
+            st.spilled_count = st.spilled_count.saturating_sub(more.len());
+        }
+        for d in more {
+            st.held.insert(d.seq);
+            st.items.push_back(d);
         }
     }
 

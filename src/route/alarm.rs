@@ -347,16 +347,16 @@ lenient_visitor!(ObjectVisitor<T>, Object<T>, expecting: "any JSON value",
     seq: |seq| skip_seq(seq).map(|_| Object(None)));
 
 lenient_visitor!(ListVisitor<T>, List<T>, expecting: "any JSON value",
-    scalar: |_v| List(Vec::new()),
-    object: |map| skip_map(map).map(|_| List(Vec::new())),
-    seq: |seq| {
-        let mut seq = seq;
-        let mut out = Vec::new();
-        while let Some(item) = seq.next_element::<Object<T>>()? {
-            out.extend(item.0);
-        }
-        Ok(List(out))
-    });
+scalar: |_v| List(Vec::new()),
+object: |map| skip_map(map).map(|_| List(Vec::new())),
+seq: |seq| {
+    let mut seq = seq;
+    let mut out = Vec::new();
+    while let Some(item) = seq.next_element::<Object<T>>()? {
+        out.extend(item.0);
+    }
+    Ok(List(out))
+});
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

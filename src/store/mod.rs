@@ -33,7 +33,7 @@ pub mod dead_letters;
 mod log;
 mod record;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -529,6 +529,33 @@ impl Store {
         let Some(Frame::Accept { record, .. }) = log::check(&buf).and_then(log::decode) else { return Err(damaged()) };
         let rec = record::decode(record).ok_or_else(damaged)?;
         serde_json::from_slice(rec.json).map(Some).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))
+    }
+
+    /// Up to `want` deliveries still pending for `destination`, oldest first, leaving out
+    /// the seqs in `held` (those the caller already has).
+    pub fn waiting_for(&self, destination: &str, held: &HashSet<u64>, want: usize) -> Vec<Delivery> {
+        let index = lock(&self.inner.index);
+        let mut found: Vec<(u64, u64)> = index
+            .live
+            .iter()
+            .filter(|(seq, l)| !held.contains(seq) && l.waiting().any(|d| **d == *destination))
+            .map(|(seq, l)| (*seq, l.accepted_at_ms))
+            .collect();
+        drop(index);
+        if found.len() > want {
+            found.select_nth_unstable(want);
+            found.truncate(want);
+        }
+        found.sort_unstable();
+        found
+            .into_iter()
+            .map(|(seq, accepted_at_ms)| Delivery {
+                destination: destination.to_string(),
+                seq,
+                accepted_at_ms,
+                prepared: None,
+            })
+            .collect()
     }
 
     /// Takes dead letters queued for replay back into the store; returns the new deliveries.
