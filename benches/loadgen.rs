@@ -210,6 +210,13 @@ async fn run() {
             us(&r.service, 0.99),
             us(&r.service, 0.999)
         );
+        let metrics = gw.metrics_text().await;
+        let q = |q| bucket_quantile(&metrics, "webhook_relay_store_commit_seconds", q);
+        println!(
+            "| same run, store commit (write + fdatasync, gateway histogram) | p50 ≤ {} p99 ≤ {} |",
+            q(0.5),
+            q(0.99)
+        );
         gw.stop();
     }
 
@@ -557,10 +564,14 @@ impl Gateway {
         panic!("gateway never became ready");
     }
 
+    async fn metrics_text(&self) -> String {
+        let body = self.admin_get("/metrics").await.map(|(_, b)| b).unwrap_or_default();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     /// One sample's value from /metrics (0 if absent).
     async fn metric(&self, name: &str) -> f64 {
-        let body = self.admin_get("/metrics").await.map(|(_, b)| b).unwrap_or_default();
-        let text = String::from_utf8_lossy(&body);
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
@@ -657,4 +668,26 @@ fn floor_server() {
             });
         }
     });
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` (Prometheus text format).
+fn bucket_quantile(text: &str, name: &str, q: f64) -> String {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            Some((le.to_string(), rest.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| match le.parse::<f64>() {
+            Ok(s) => format!("{:.1} ms", s * 1e3),
+            Err(_) => le.clone(),
+        })
+        .unwrap_or_else(|| "?".into())
 }
