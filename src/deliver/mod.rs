@@ -10,7 +10,7 @@
 pub mod client;
 pub mod slack;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,7 +24,7 @@ use crate::config::{Config, Destination};
 use crate::metrics::Metrics;
 use crate::route::{Notification, Prepared};
 use crate::server::shutdown::Shutdown;
-use crate::store::{Delivery, Store};
+use crate::store::{Delivery, SeqSet, Store};
 pub use client::{Answer, HttpClient, PostError};
 
 /// Backlog at which a worker merges waiting notifications into one digest even when it did
@@ -98,7 +98,7 @@ struct Queue {
 struct QueueState {
     items: VecDeque<Delivery>,
     /// Seqs in `items`, so a delivery is never held twice.
-    held: HashSet<u64>,
+    held: SeqSet,
     /// The store holds deliveries for this destination that `items` does not.
     spilled: bool,
     /// About how many those are (for the depth gauge).
