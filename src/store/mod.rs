@@ -11,7 +11,7 @@
 //! so a worker without the parsed message reads exactly one record back.
 //!
 //! Space comes back oldest segment first: a compactor thread takes the oldest sealed
-//! segment once at most half of it is still live, copies the unexpired MessageIds into a
+//! segment once at most half of it (or of the whole log) is still live, copies the unexpired MessageIds into a
 //! `keys-*.log` file (deleted once all its ids expire), hands the still-pending records to
 //! the writer to append again (with their current done flags), and the writer then deletes
 //! the segment. Deleting strictly oldest first means a finish frame is never lost while
@@ -1128,13 +1128,16 @@ impl Compactor {
         }
     }
 
-    /// Reclaims the oldest sealed segment if at least half of it is garbage; true if it did.
+    /// Reclaims the oldest sealed segment if at least half of it is garbage, or if half of
+    /// the whole log is (a long-pending oldest segment must not pin everything after it);
+    /// true if it did.
     fn step(&mut self) -> Result<bool, StoreError> {
         let now = crate::dedup::unix_now();
         let (id, path, scan) = {
             let index = lock(&self.index);
             let Some((&id, s)) = index.segments.iter().next() else { return Ok(false) };
-            if id == index.active || s.live_bytes * 2 > s.bytes {
+            let (live, total) = index.segments.values().fold((0, 0), |(l, t), s| (l + s.live_bytes, t + s.bytes));
+            if id == index.active || (s.live_bytes * 2 > s.bytes && live * 2 > total) {
                 return Ok(false);
             }
             (id, s.path.clone(), s.live > 0 || s.keys_until > now)
@@ -1405,6 +1408,32 @@ mod tests {
         want.sort();
         assert_eq!(pending, want);
         assert_eq!(rec.dedup.len(), 1, "the MessageId is recorded once");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_long_pending_oldest_segment_does_not_pin_the_garbage_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
+        let mut stuck = Vec::new();
+        for i in 0..8 {
+            stuck.push(store.accept(&envelope(&format!("s{i}")), vec!["down".into()], None).await.unwrap()[0].seq);
+        }
+        for i in 0..80 {
+            let d = store.accept(&envelope(&format!("g{i}")), vec!["up".into()], None).await.unwrap();
+            store.finish("up", d[0].seq).await;
+        }
+        store.flush().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while files(dir.path(), ".seg") > 6 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(files(dir.path(), ".seg") <= 6, "{} segments left", files(dir.path(), ".seg"));
+        store.close().await;
+        drop(store);
+        let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+        assert_eq!(rec.pending.iter().map(|p| p.seq).collect::<Vec<_>>(), stuck);
+        assert_eq!(store.load(stuck[7]).unwrap().unwrap().envelope.message_id, "s7");
         store.close().await;
     }
 }
