@@ -210,6 +210,7 @@ async fn run() {
             us(&r.service, 0.99),
             us(&r.service, 0.999)
         );
+        println!("| same run, gateway memory | peak RSS {} MiB |", gw.mem("VmHWM"));
         let metrics = gw.metrics_text().await;
         let q = |q| bucket_quantile(&metrics, "webhook_relay_store_commit_seconds", q);
         println!(
