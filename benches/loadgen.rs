@@ -535,6 +535,9 @@ impl Gateway {
             None => Command::new(BIN),
         };
         webhook_relay::testkit::serve_args(&mut cmd, &dir, port, admin);
+        // Its own process group, so stopping it also stops a gateway behind a wrapper
+        // (heaptrack does not pass signals on).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.env("WEBHOOK_RELAY_LOG", "error").spawn().expect("webhook-relay serve");
         Gateway { child: std::sync::Mutex::new(child), dir, addr: addr(port), admin, started, _tmp: tmp }
     }
@@ -597,6 +600,7 @@ impl Gateway {
     }
 
     fn kill9(&self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.pid())]).status();
         if let Ok(mut c) = self.child.lock() {
             let _ = c.kill();
             let _ = c.wait();
@@ -604,7 +608,7 @@ impl Gateway {
     }
 
     fn stop(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", self.pid())]).status();
         if let Ok(mut c) = self.child.lock() {
             let _ = c.wait();
         }
