@@ -10,7 +10,9 @@ use webhook_relay::route::{Envelope, Facts, Notification};
 use webhook_relay::sns::{verify_signature, SigningCert, SnsMessage};
 
 fn config_with_routes(n: usize) -> Config {
-    let mut text = String::from("[sns]\ntopics = [\"*\"]\n[destinations.a]\nurl = \"http://127.0.0.1:1/a\"\n");
+    let mut text = String::from(
+        "[sns]\ntopics = [\"*\"]\nallow_any_account = true\n[destinations.a]\nurl = \"http://127.0.0.1:1/a\"\n",
+    );
     for i in 0..n {
         text.push_str(&format!(
             "[[route]]\nname = \"r{i}\"\nalarm_name = [\"svc{i}-*\", \"~^team{i}-(db|api)$\"]\nnot_alarm_name = [\"*-canary\"]\n\
@@ -36,6 +38,7 @@ fn notification() -> Notification {
         subject: Some("ALARM".into()),
         message: msg,
         timestamp: String::new(),
+        fallback_from: None,
     })
 }
 
@@ -53,7 +56,7 @@ fn routing(c: &mut Criterion) {
 }
 
 fn fixture(name: &str) -> (SnsMessage, SigningCert) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sns-real");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sns-real");
     let msg = SnsMessage::parse(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
     let cert = SigningCert::from_pem(&std::fs::read(dir.join(format!("{name}.pem"))).unwrap()).unwrap();
     (msg, cert)
@@ -94,7 +97,7 @@ fn formatting(c: &mut Criterion) {
 fn cert_cache(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sns-real");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sns-real");
     let name = "SimpleNotificationService-7506a1e35b36ef5a444dd1a8e7cc3ed8.pem";
     std::fs::copy(fixtures.join("notification-v2-us-west-2-2026-javav2.pem"), dir.path().join(name)).unwrap();
     let metrics = webhook_relay::metrics::Metrics::new();

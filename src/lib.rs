@@ -158,6 +158,7 @@ impl Gateway {
             subject: m.subject,
             message: m.message,
             timestamp: m.timestamp_raw,
+            fallback_from: None,
         });
         let severity = config.severity.classify(&notification);
         let decision = config.router.route(&Facts::of(&notification, &severity));

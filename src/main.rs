@@ -65,15 +65,25 @@ enum DeadLetterCommand {
     Show { id: String },
     /// Queue dead letters for redelivery.
     Replay {
+        /// Dead letter ids (from `list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         ids: Vec<String>,
-        #[arg(long, env = "WEBHOOK_RELAY_ALL")]
+        /// Every dead letter. Never read from the environment: a stray variable must not
+        /// turn a one-id command into an all-ids one.
+        #[arg(long)]
         all: bool,
     },
     /// Delete dead letters.
     Purge {
+        /// Dead letter ids (from `list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         ids: Vec<String>,
-        #[arg(long, env = "WEBHOOK_RELAY_ALL")]
+        /// Every dead letter (needs --yes). Never read from the environment.
+        #[arg(long, requires = "yes")]
         all: bool,
+        /// Confirm `--all`: the deletion cannot be undone.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -140,7 +150,7 @@ fn main() -> ExitCode {
                 DeadLetterCommand::List => (Action::List, false),
                 DeadLetterCommand::Show { id } => (Action::Show(id), false),
                 DeadLetterCommand::Replay { ids, all } => (Action::Replay(ids), all),
-                DeadLetterCommand::Purge { ids, all } => (Action::Purge(ids), all),
+                DeadLetterCommand::Purge { ids, all, yes: _ } => (Action::Purge(ids), all),
             };
             commands::dead_letters::run(&data_dir, action, all, &mut out)
         }

@@ -1,4 +1,4 @@
-//! The real AWS-signed messages in ../shared/fixtures/sns-real verify through the same
+//! The real AWS-signed messages in tests/fixtures/sns-real verify through the same
 //! code path the gateway uses (pinned certificate, clock set to the message Timestamp);
 //! the 1024-bit one, the tampered ones and a one-byte change to any signed field fail.
 
@@ -11,13 +11,7 @@ use webhook_relay::metrics::Metrics;
 use webhook_relay::sns::{self, CertStore, DevPrefixes, Fetcher, Policy, SigningCert, SnsError, SnsMessage, Verifier};
 
 fn fixtures() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for candidate in [here.join("../shared/fixtures/sns-real"), here.join("shared/fixtures/sns-real")] {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("shared/fixtures/sns-real not found beside the repository");
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sns-real")
 }
 
 fn manifest() -> Vec<Value> {

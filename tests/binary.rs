@@ -179,6 +179,7 @@ fn dead_letter_commands_on_a_real_data_dir() {
                 subject: Some(format!("subject {i}")),
                 message: "{}".into(),
                 timestamp: "2026-01-01T00:00:00Z".into(),
+                fallback_from: None,
             },
         })
         .unwrap();
@@ -190,6 +191,20 @@ fn dead_letter_commands_on_a_real_data_dir() {
     let (code, list) = run(&["list"]);
     assert_eq!(code, Some(0));
     assert!(list.contains("0-ops") && list.contains("1-ops") && list.contains("invalid_payload"), "{list}");
+    // A stray WEBHOOK_RELAY_ALL must not widen a one-id purge to every dead letter.
+    let out = Command::new(BIN)
+        .arg("dead-letters")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["purge", "no-such-id"])
+        .env("WEBHOOK_RELAY_ALL", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(run(&["list"]).1.contains("0-ops"), "the environment turned a one-id purge into --all");
+    // purge --all needs --yes; without it nothing is deleted.
+    assert_eq!(run(&["purge", "--all"]).0, Some(2));
+    assert!(run(&["list"]).1.contains("1-ops"));
     let (code, show) = run(&["show", "1-ops"]);
     assert_eq!(code, Some(0));
     assert!(show.contains("subject 1"));
@@ -199,7 +214,7 @@ fn dead_letter_commands_on_a_real_data_dir() {
     assert_eq!(run(&["purge", "1-ops"]).0, Some(0));
     assert_eq!(run(&["purge", "1-ops"]).0, Some(1));
     assert!(run(&["list"]).1.contains("no dead letters"));
-    // SPEC spells the flag after the action too.
+    // The README spells the flag after the action too.
     let after = Command::new(BIN).args(["dead-letters", "list", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&after.stdout).contains("no dead letters"));
 }
@@ -243,14 +258,14 @@ fn route_test_explains_where_a_real_alarm_goes() {
     let cfg = dir.path().join("routes.toml");
     std::fs::write(
         &cfg,
-        "[sns]\ntopics = [\"*\"]\n[severity]\nrules = [{ field = \"alarm_name\", regex = '(?i)(critical)' }]\n\
+        "[sns]\ntopics = [\"*\"]\nallow_any_account = true\n[severity]\nrules = [{ field = \"alarm_name\", regex = '(?i)(critical)' }]\n\
          [destinations.a]\nurl = \"http://127.0.0.1:1/a\"\n[destinations.b]\nurl = \"http://127.0.0.1:1/b\"\n\
          [[route]]\nname = \"west\"\nregion = [\"us-west-2\"]\nstate = [\"ALARM\"]\nto = [\"a\"]\n\
          [default_route]\nto = [\"b\"]\n",
     )
     .unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/sns-real/cloudwatch-alarm-v1-us-west-2-2020-asg.json");
+        .join("tests/fixtures/sns-real/cloudwatch-alarm-v1-us-west-2-2020-asg.json");
     let out = Command::new(BIN).args(["route-test", "--payload", "--config"]).arg(&cfg).arg(&fixture).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");

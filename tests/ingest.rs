@@ -1,4 +1,4 @@
-//! The front door over real sockets: every row of SPEC.md's status table.
+//! The front door over real sockets: every row of the status table in README.md ("HTTP answers on POST /sns").
 
 mod support;
 

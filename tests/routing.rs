@@ -8,7 +8,7 @@ use support::*;
 use webhook_relay::config::{Config, ConfigError};
 use webhook_relay::route::{Envelope, Facts, Notification};
 
-const HEAD: &str = "[sns]\ntopics = [\"*\"]\n[destinations.a]\nurl = \"http://127.0.0.1:1/a\"\n[destinations.b]\nurl = \"http://127.0.0.1:1/b\"\n[destinations.c]\nurl = \"http://127.0.0.1:1/c\"\n";
+const HEAD: &str = "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:*\"]\n[destinations.a]\nurl = \"http://127.0.0.1:1/a\"\n[destinations.b]\nurl = \"http://127.0.0.1:1/b\"\n[destinations.c]\nurl = \"http://127.0.0.1:1/c\"\n";
 
 fn config(routes: &str) -> Config {
     match Config::parse(&format!("{HEAD}{routes}")) {
@@ -27,6 +27,7 @@ fn note(name: &str, state: &str, topic: &str, description: &str) -> Notification
         subject: None,
         message: msg.to_string(),
         timestamp: String::new(),
+        fallback_from: None,
     })
 }
 

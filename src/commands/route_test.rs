@@ -30,6 +30,9 @@ pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn
             return 1;
         }
     };
+    if let Some(refusal) = door_refusal(&config, &envelope, &text) {
+        let _ = writeln!(out, "refused at the door: {refusal} (SNS would get 403; nothing below would happen)");
+    }
     let n = Notification::from_envelope(envelope);
     let severity = config.severity.classify(&n);
     let decision = config.router.route(&Facts::of(&n, &severity));
@@ -62,7 +65,7 @@ pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn
     if payload {
         for name in &decision.destinations {
             let Some(dest) = config.destinations.get(name) else { continue };
-            let style = crate::deliver::style(dest, &severity);
+            let style = crate::deliver::style(dest, &n, &severity);
             let r = slack::render(&n, &severity, &style, slack::History::default());
             let _ = writeln!(out, "\n--- {name} ---");
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&r.payload).unwrap_or_default());
@@ -72,6 +75,32 @@ pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn
         }
     }
     0
+}
+
+/// Why `serve` would refuse this SNS message before routing (topic not allowed, too old,
+/// from the future). A bare alarm JSON has no topic or Timestamp of its own: not checked.
+fn door_refusal(config: &Config, envelope: &Envelope, text: &str) -> Option<String> {
+    let is_sns = serde_json::from_str::<serde_json::Value>(text).ok()?.get("TopicArn").is_some();
+    if !is_sns {
+        return None;
+    }
+    let allowed = |t: &str| config.sns.topic_allowed(t);
+    let policy = crate::sns::Policy { topic_allowed: &allowed, max_age: config.sns.max_age };
+    if !allowed(&envelope.topic_arn) {
+        return Some(format!("topic {} is not in [sns].topics", envelope.topic_arn));
+    }
+    let Ok(at) = humantime::parse_rfc3339(&envelope.timestamp) else {
+        return Some(format!("Timestamp {:?} is not an RFC 3339 time", envelope.timestamp));
+    };
+    match crate::sns::door_check(&envelope.topic_arn, at, &policy, std::time::SystemTime::now()) {
+        Ok(()) => None,
+        Err(crate::sns::SnsError::TooOld) => Some(format!(
+            "too old: Timestamp {} is more than max_age ({}) ago",
+            envelope.timestamp,
+            humantime::format_duration(config.sns.max_age)
+        )),
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 /// An SNS message (HTTP or Lambda shape), or alarm JSON wrapped as if SNS had sent it.
@@ -85,6 +114,7 @@ fn envelope_from(text: &str) -> Option<Envelope> {
             subject: get("Subject"),
             message,
             timestamp: get("Timestamp").unwrap_or_default(),
+            fallback_from: None,
         });
     }
     let alarm = crate::route::alarm::parse_alarm(&v.to_string())?;
@@ -97,5 +127,6 @@ fn envelope_from(text: &str) -> Option<Envelope> {
         subject: None,
         message: text.to_string(),
         timestamp: String::new(),
+        fallback_from: None,
     })
 }

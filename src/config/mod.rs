@@ -43,6 +43,9 @@ struct RawSns {
     topics: Spanned<Vec<Spanned<String>>>,
     max_age: Option<Spanned<String>>,
     auto_confirm: Option<bool>,
+    /// Accept that a topic pattern admits any AWS account while `auto_confirm` is on.
+    #[serde(default)]
+    allow_any_account: bool,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +76,8 @@ struct RawDestination {
     /// Severities that get `<!channel>` prepended.
     #[serde(default)]
     mention_channel: Vec<String>,
+    /// Alarm states whose notifications may mention (default: ALARM only).
+    mention_states: Option<Spanned<Vec<Spanned<String>>>>,
     max_attempts: Option<Spanned<u32>>,
     max_retry_age: Option<Spanned<String>>,
 }
@@ -147,6 +152,8 @@ pub struct Destination {
     pub fallback: Option<String>,
     pub mention_here: Vec<String>,
     pub mention_channel: Vec<String>,
+    /// Alarm states (upper case) on which the mentions above fire.
+    pub mention_states: Vec<String>,
     pub retry: RetryBudget,
 }
 
@@ -275,7 +282,9 @@ impl Validator<'_> {
         // validation must not get a second "unknown destination" error.
         let declared: HashSet<String> = raw.destinations.keys().cloned().collect();
         let destinations = self.destinations(raw.destinations, &declared);
-        let router = self.routes(raw.route, raw.default_route, &destinations, &declared);
+        let no_rules = SeverityRules::new("warning".into(), Vec::new());
+        let router =
+            self.routes(raw.route, raw.default_route, &destinations, &declared, severity.as_ref().unwrap_or(&no_rules));
         Some(Config { sns: sns?, severity: severity?, destinations, router: router? })
     }
 
@@ -291,6 +300,12 @@ impl Validator<'_> {
             let complete = t.matches(':').count() >= 5 || t.contains('*');
             if !arn_like || !complete {
                 self.warn(topic, format!("topic {t:?} does not look like an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME); it may never match"));
+            }
+            if raw.auto_confirm.unwrap_or(true) && !raw.allow_any_account && admits_any_account(t) {
+                self.error(
+                    topic,
+                    format!("topic {t:?} admits any AWS account while auto_confirm is on: anyone's topic could subscribe this endpoint; pin the account (arn:aws:sns:REGION:ACCOUNT:NAME), or set [sns] allow_any_account = true"),
+                );
             }
             match globset::Glob::new(t) {
                 Ok(g) => {
@@ -354,8 +369,13 @@ impl Validator<'_> {
         names: &HashSet<String>,
     ) -> BTreeMap<String, Destination> {
         let mut out = BTreeMap::new();
+        // Fallbacks as written, to find cycles once every destination is read.
+        let mut fallbacks: BTreeMap<String, Spanned<String>> = BTreeMap::new();
         for (name, spanned) in raw {
             let d = spanned.into_inner();
+            if let Some(fb) = &d.fallback {
+                fallbacks.insert(name.clone(), fb.clone());
+            }
             let (source, url) = secret::resolve(d.url.get_ref());
             let url = match url {
                 Ok(url) => url,
@@ -403,6 +423,28 @@ impl Validator<'_> {
                 None => DEFAULT_MAX_RETRY_AGE,
                 Some(s) => parse_duration(s.get_ref()).map_err(|e| self.error(s, e)).unwrap_or(DEFAULT_MAX_RETRY_AGE),
             };
+            let mention_states = match &d.mention_states {
+                None => vec!["ALARM".to_string()],
+                Some(states) => {
+                    for st in states.get_ref().iter().filter(|st| !STATES.contains(&st.get_ref().as_str())) {
+                        self.error(
+                            st,
+                            format!(
+                                "destination {name}: mention_states {:?} is not a CloudWatch state ({})",
+                                st.get_ref(),
+                                STATES.join(", ")
+                            ),
+                        );
+                    }
+                    states.get_ref().iter().map(|st| st.get_ref().clone()).collect()
+                }
+            };
+            if u.starts_with("http://") && !loopback_url(u) {
+                self.warn(
+                    &d.url,
+                    format!("destination {name}: url ({source}) is plain http:// to a non-loopback host; the webhook secret and alarms cross the network unencrypted"),
+                );
+            }
             let Some(rate) = rate else { continue };
             out.insert(
                 name.clone(),
@@ -415,11 +457,43 @@ impl Validator<'_> {
                     fallback: d.fallback.map(|f| f.into_inner()),
                     mention_here: d.mention_here.iter().map(|s| s.to_lowercase()).collect(),
                     mention_channel: d.mention_channel.iter().map(|s| s.to_lowercase()).collect(),
+                    mention_states,
                     retry: RetryBudget { max_attempts: max_attempts.max(1), max_age },
                 },
             );
         }
+        self.fallback_cycles(&fallbacks);
         out
+    }
+
+    /// A fallback is followed one hop at most at run time, so a cycle cannot loop there; it
+    /// is still a mistake (each destination's alarms land on a webhook that falls back to
+    /// the first), so it is reported once, at the first member's `fallback` line.
+    fn fallback_cycles(&mut self, fallbacks: &BTreeMap<String, Spanned<String>>) {
+        let mut reported: HashSet<&str> = HashSet::new();
+        for start in fallbacks.keys() {
+            let mut path = vec![start.as_str()];
+            let mut at = start.as_str();
+            while let Some(next) = fallbacks.get(at).map(|f| f.get_ref().as_str()) {
+                if next == at {
+                    break; // self-fallback, already reported
+                }
+                if let Some(i) = path.iter().position(|p| *p == next) {
+                    let cycle = &path[i..];
+                    if cycle.len() > 1 && !cycle.iter().any(|c| reported.contains(c)) {
+                        reported.extend(cycle.iter().copied());
+                        let first = cycle.iter().min().copied().unwrap_or(next);
+                        let shown: Vec<&str> = cycle.iter().copied().chain(std::iter::once(cycle[0])).collect();
+                        if let Some(at) = fallbacks.get(first) {
+                            self.error(at, format!("fallback cycle: {}", shown.join(" -> ")));
+                        }
+                    }
+                    break;
+                }
+                path.push(next);
+                at = next;
+            }
+        }
     }
 
     fn routes(
@@ -428,6 +502,7 @@ impl Validator<'_> {
         default_route: Option<Spanned<RawDefaultRoute>>,
         destinations: &BTreeMap<String, Destination>,
         declared: &HashSet<String>,
+        severity: &SeverityRules,
     ) -> Option<Router> {
         let mut specs = Vec::new();
         let mut seen = HashSet::new();
@@ -455,6 +530,21 @@ impl Validator<'_> {
                 None => Vec::new(),
             };
             let mut fields = Vec::new();
+            // A route with an invalid value is already one error; it must not also look
+            // like a catch-all and make every later route "never match".
+            let mut broken = false;
+            if let Some(sev) = &r.severity {
+                for v in sev.get_ref() {
+                    let text = v.get_ref();
+                    let literal = !text.starts_with('~') && !text.contains(['*', '?', '[', '{']);
+                    if literal && !severity.can_produce(&text.to_lowercase()) {
+                        self.warn(
+                            v,
+                            format!("route {name:?}: severity {text:?} is produced by no [severity] rule or default; this value never matches"),
+                        );
+                    }
+                }
+            }
             let pairs = [
                 (Field::AlarmName, r.alarm_name, r.not_alarm_name),
                 (Field::Severity, r.severity, r.not_severity),
@@ -480,13 +570,14 @@ impl Validator<'_> {
                 }
                 let (Some(any), Some(none)) = (any.unwrap_or(Some(Vec::new())), none.unwrap_or(Some(Vec::new())))
                 else {
+                    broken = true;
                     continue;
                 };
                 if !any.is_empty() || !none.is_empty() {
                     fields.push(FieldPatterns { field, any, none });
                 }
             }
-            if fields.is_empty() && !r.continue_ && catch_all.is_none() {
+            if fields.is_empty() && !broken && !r.continue_ && catch_all.is_none() {
                 catch_all = Some(name.clone());
             }
             specs.push(RouteSpec { name, fields, to, continue_: r.continue_, enabled: r.enabled });
@@ -569,5 +660,53 @@ impl Validator<'_> {
             }
         }
         ok.then_some(out)
+    }
+}
+
+/// Whether a topic pattern can match a topic of any AWS account. SNS topic ARNs have six
+/// colon-separated parts and a topic name cannot contain a colon, so a six-part pattern
+/// whose account part has no wildcard pins the account; anything else does not.
+/// A pattern without wildcards, or one that cannot match an ARN at all, admits nothing
+/// foreign (the second gets its own warning).
+fn admits_any_account(pattern: &str) -> bool {
+    let wild = |s: &str| s.contains(['*', '?', '[', '{']);
+    if !wild(pattern) || !(pattern.starts_with("arn:") || pattern.starts_with(['*', '?', '[', '{'])) {
+        return false;
+    }
+    let parts: Vec<&str> = pattern.split(':').collect();
+    parts.len() != 6 || wild(parts[4])
+}
+
+/// `http://` to 127.0.0.0/8, ::1 or localhost: a sidecar or a test, not the network.
+fn loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    let Some(host) = uri.host() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_topic_patterns_admit_any_account() {
+        assert!(admits_any_account("*"));
+        assert!(admits_any_account("arn:aws:sns:*"));
+        assert!(admits_any_account("arn:aws:sns:*:*:alarms"));
+        assert!(admits_any_account("arn:aws:sns:us-east-1:1234*:alarms"));
+        assert!(!admits_any_account("arn:aws:sns:*:123456789012:alarms-*"));
+        assert!(!admits_any_account("arn:aws:sns:eu-west-1:210987654321:prod-alarms"));
+        assert!(!admits_any_account("alarms-prod"));
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(
+            loopback_url("http://127.0.0.1:9/x")
+                && loopback_url("http://localhost/x")
+                && loopback_url("http://[::1]:8/")
+        );
+        assert!(!loopback_url("http://hooks.example.com/x") && !loopback_url("http://10.0.0.1/x"));
     }
 }

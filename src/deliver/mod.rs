@@ -1,7 +1,7 @@
 //! Delivery: one worker per destination, so one slow or failing webhook never delays
 //! another. A worker takes its destination's pending deliveries in accept order (which
 //! keeps each alarm's state changes in order), waits for the rate limiter, posts, and
-//! applies the failure table of SPEC.md: 2xx done; 429 waits Retry-After; 5xx, timeouts
+//! applies the failure table (README.md, "Delivery"): 2xx done; 429 waits Retry-After; 5xx, timeouts
 //! and connection errors back off exponentially with full jitter; other 4xx and an
 //! exhausted retry budget become dead letters. When a destination falls behind (the worker
 //! had to wait for the rate limit, Retry-After or a retry, or the backlog is deep), the
@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::config::reload::ConfigHandle;
 use crate::config::{Config, Destination};
 use crate::metrics::Metrics;
-use crate::route::{Notification, Prepared};
+use crate::route::{Envelope, Notification, Prepared};
 use crate::server::shutdown::Shutdown;
 use crate::store::{Delivery, SeqSet, Store};
 pub use client::{Answer, HttpClient, PostError};
@@ -462,7 +462,7 @@ impl Worker {
         }
         let rendered = if let [p] = loaded.as_slice() {
             let history = self.track_alarm(&p.notification);
-            slack::render(&p.notification, &p.severity, &style(dest, &p.severity), history)
+            slack::render(&p.notification, &p.severity, &style(dest, &p.notification, &p.severity), history)
         } else {
             let items: Vec<_> = loaded
                 .into_iter()
@@ -514,10 +514,22 @@ impl Worker {
         self.pop(batch);
     }
 
+    /// Sends a gone destination's deliveries to its fallback, one hop at most: a delivery
+    /// that is itself a fallback copy becomes a dead letter instead.
     async fn reroute(&self, batch: &Batch, fallback: &str, answer: &str) {
         for del in batch_items(batch) {
             let Ok(Some(m)) = self.d.store.load(del.seq) else { continue };
-            match self.d.store.accept(&m.envelope, vec![fallback.to_string()], None).await {
+            if let Some(from) = &m.envelope.fallback_from {
+                let reason = format!("{answer}; already a fallback from {from}, not followed further");
+                tracing::error!(destination = %self.name, seq = del.seq, from = %from, "fallback destination is gone too; dead-lettering");
+                self.d.metrics.dead_letters.get_or_create(&Metrics::named("destination", &self.name)).inc();
+                if let Err(e) = self.d.store.dead_letter(del, &reason, 1).await {
+                    tracing::error!(destination = %self.name, seq = del.seq, error = %e, "cannot write dead letter; delivery stays pending");
+                }
+                continue;
+            }
+            let envelope = Envelope { fallback_from: Some(self.name.clone()), ..m.envelope };
+            match self.d.store.accept(&envelope, vec![fallback.to_string()], None).await {
                 Ok(deliveries) => {
                     tracing::warn!(destination = %self.name, fallback, answer, "sent to fallback destination");
                     Deliverer { inner: self.d.clone() }.enqueue(deliveries);
@@ -540,7 +552,14 @@ fn batch_items(b: &Batch) -> &[Delivery] {
     }
 }
 
-pub fn style(dest: &Destination, severity: &str) -> slack::Style {
+/// How a destination dresses one notification. Mentions page people, so they fire only on
+/// the alarm states the destination names (`mention_states`, default ALARM): an OK or a
+/// non-alarm notification of a critical severity must not wake the channel.
+pub fn style(dest: &Destination, n: &Notification, severity: &str) -> slack::Style {
+    let state = n.alarm.as_ref().map(|a| a.new_state.as_str());
+    if !state.is_some_and(|st| dest.mention_states.iter().any(|m| m == st)) {
+        return slack::Style { mention: None };
+    }
     let mention = if dest.mention_channel.iter().any(|s| s == severity) {
         Some("<!channel>")
     } else if dest.mention_here.iter().any(|s| s == severity) {

@@ -287,6 +287,7 @@ mod tests {
             subject: subject.map(str::to_string),
             message: message.into(),
             timestamp: "2024-01-01T00:00:00Z".into(),
+            fallback_from: None,
         })
     }
 

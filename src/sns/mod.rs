@@ -183,16 +183,7 @@ impl Verifier {
     /// Cheap checks first (topic, age, URL shape) so that a message we would refuse anyway
     /// never causes an outbound request.
     pub async fn verify(&self, msg: SnsMessage, policy: &Policy<'_>) -> Result<VerifiedMessage, SnsError> {
-        if !(policy.topic_allowed)(&msg.topic_arn) {
-            return Err(SnsError::TopicNotAllowed);
-        }
-        let now = self.now();
-        if msg.timestamp > now + MAX_CLOCK_SKEW {
-            return Err(SnsError::FromFuture);
-        }
-        if now.duration_since(msg.timestamp).unwrap_or_default() > policy.max_age {
-            return Err(SnsError::TooOld);
-        }
+        door_check(&msg.topic_arn, msg.timestamp, policy, self.now())?;
         if self.dev_prefixes.matches(&msg.signing_cert_url) {
             self.metrics.dev_prefix_fetches.inc();
         } else {
@@ -202,6 +193,27 @@ impl Verifier {
         verify_signature(&msg, &cert)?;
         Ok(VerifiedMessage(msg))
     }
+}
+
+/// The checks that need no network: is the topic allowed, and is the message neither
+/// too old nor from the future. Also what `route-test` uses to say a message would be
+/// refused at the door.
+pub fn door_check(
+    topic_arn: &str,
+    timestamp: SystemTime,
+    policy: &Policy<'_>,
+    now: SystemTime,
+) -> Result<(), SnsError> {
+    if !(policy.topic_allowed)(topic_arn) {
+        return Err(SnsError::TopicNotAllowed);
+    }
+    if timestamp > now + MAX_CLOCK_SKEW {
+        return Err(SnsError::FromFuture);
+    }
+    if now.duration_since(timestamp).unwrap_or_default() > policy.max_age {
+        return Err(SnsError::TooOld);
+    }
+    Ok(())
 }
 
 /// The signature check alone: certificate validity at the message Timestamp, then RSA

@@ -592,8 +592,10 @@ impl Store {
     pub async fn take_replays(&self) -> Vec<Delivery> {
         let mut out = Vec::new();
         for (path, letter) in self.inner.dead.replays() {
-            // Replays bypass dedup (the MessageId is already known).
-            let result = self.accept(&letter.envelope, vec![letter.destination.clone()], None).await;
+            // Replays bypass dedup (the MessageId is already known). An operator replays
+            // after fixing something, so the one-hop fallback rule starts afresh.
+            let envelope = Envelope { fallback_from: None, ..letter.envelope.clone() };
+            let result = self.accept(&envelope, vec![letter.destination.clone()], None).await;
             match result {
                 Ok(deliveries) => {
                     let _ = std::fs::remove_file(&path);
@@ -1263,6 +1265,7 @@ mod tests {
             subject: None,
             message: "m".into(),
             timestamp: "2026-01-01T00:00:00Z".into(),
+            fallback_from: None,
         }
     }
 
