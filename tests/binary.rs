@@ -272,6 +272,8 @@ fn route_test_explains_where_a_real_alarm_goes() {
     assert!(text.contains("routes: west") && text.contains("destinations: a"), "{text}");
     assert!(text.contains("\"attachments\""), "--payload printed no JSON: {text}");
     assert!(!text.contains("127.0.0.1:1/a"), "route-test printed a webhook URL");
+    // The real message is from 2020: the door would refuse it as too old, and says so.
+    assert!(text.contains("refused at the door: too old"), "{text}");
 
     // The shipped example works without the production secrets in the environment.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml");
@@ -284,7 +286,13 @@ fn route_test_explains_where_a_real_alarm_goes() {
         .env_remove("SLACK_OPS_DEFAULT")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // Its topics pin other accounts: this message's topic is not allowed.
+    assert!(
+        text.contains("refused at the door: topic arn:aws:sns:us-west-2:") && text.contains("not in [sns].topics"),
+        "{text}"
+    );
 
     // The example alarm in the repository goes where the example routes say.
     let alarm = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cloudwatch-alarm.json");

@@ -293,3 +293,88 @@ async fn a_backlog_beyond_the_memory_queue_is_read_back_from_the_store_in_order_
     assert!(gw.metrics().await.contains("webhook_relay_queue_depth{destination=\"c\"} 0"));
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_fallback_is_followed_one_hop_at_most() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.script("main", vec![Reply::Status(404, "no_service"); 5]);
+    sink.script("backup", vec![Reply::Status(410, "channel_is_archived"); 5]);
+    let cfg = format!(
+        r#"
+[sns]
+topics = ["arn:aws:sns:*:123456789012:alarms-*"]
+[destinations.main]
+url = "{}"
+fallback = "backup"
+[destinations.backup]
+url = "{}"
+fallback = "third"
+[destinations.third]
+url = "{}"
+[[route]]
+name = "all"
+to = ["main"]
+"#,
+        sink.url("main"),
+        sink.url("backup"),
+        sink.url("third")
+    );
+    let gw = start(&cfg).await;
+    assert_eq!(gw.post(alarm(signer(), "h1", "prod-a", "ALARM").to_string()).await.0, 200);
+    let dl = gw.wait_dead_letters(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per = |c: &str| sink.posts().iter().filter(|p| p.channel == c).count();
+    assert_eq!((per("main"), per("backup"), per("third")), (1, 1, 0), "{:?}", sink.posts());
+    let letters = dl.list();
+    assert_eq!(letters.len(), 1);
+    let letter = letters[0].as_ref().unwrap();
+    assert_eq!(letter.destination, "backup");
+    assert!(letter.reason.contains("already a fallback from main"), "{}", letter.reason);
+    // A replay starts the one-hop rule afresh: the letter is not marked as a fallback copy.
+    assert_eq!(letter.envelope.fallback_from, Some("main".into()));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn mentions_fire_on_alarm_only_unless_mention_states_says_otherwise() {
+    let sink = SlackSink::start().await.unwrap();
+    let cfg = |sink: &SlackSink, states: &str| {
+        format!(
+            r#"
+[sns]
+topics = ["arn:aws:sns:*:123456789012:alarms-*"]
+[severity]
+default = "critical"
+[destinations.c]
+url = "{}"
+rate = "100/s"
+burst = 10
+mention_here = ["critical"]
+{states}
+[[route]]
+name = "all"
+to = ["c"]
+"#,
+            sink.url("c")
+        )
+    };
+    let texts = |sink: &SlackSink| -> Vec<String> {
+        sink.delivered("c").iter().map(|p| p.body["text"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    let gw = start(&cfg(&sink, "")).await;
+    assert_eq!(gw.post(alarm(signer(), "m1", "prod-m", "ALARM").to_string()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(5), |_| sink.delivered("c").len() == 1).await);
+    assert_eq!(gw.post(alarm(signer(), "m2", "prod-m", "OK").to_string()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(5), |_| sink.delivered("c").len() == 2).await);
+    let t = texts(&sink);
+    assert!(t[0].starts_with("<!here>"), "{t:?}");
+    assert!(!t[1].contains("<!here>"), "an OK paged the channel: {t:?}");
+    gw.shutdown().await;
+
+    let sink = SlackSink::start().await.unwrap();
+    let gw = start(&cfg(&sink, "mention_states = [\"ALARM\", \"OK\"]")).await;
+    assert_eq!(gw.post(alarm(signer(), "m3", "prod-n", "OK").to_string()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(5), |_| sink.delivered("c").len() == 1).await);
+    assert!(texts(&sink)[0].starts_with("<!here>"), "{:?}", texts(&sink));
+    gw.shutdown().await;
+}

@@ -270,3 +270,82 @@ async fn truncated_store_file_does_not_stop_the_gateway() {
     restarted.shutdown().await;
     drop(running);
 }
+
+fn problems(text: &str) -> Vec<webhook_relay::config::Problem> {
+    match Config::parse(text) {
+        Ok((_, warnings)) => warnings,
+        Err(ConfigError::Invalid(p)) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn check_rejects_fallback_cycles_and_self_fallback_with_the_line() {
+    let p = problems(
+        "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:*\"]\n\
+         [destinations.a]\nurl = \"http://127.0.0.1:1/a\"\nfallback = \"b\"\n\
+         [destinations.b]\nurl = \"http://127.0.0.1:1/b\"\nfallback = \"c\"\n\
+         [destinations.c]\nurl = \"http://127.0.0.1:1/c\"\nfallback = \"a\"\n\
+         [destinations.d]\nurl = \"http://127.0.0.1:1/d\"\nfallback = \"a\"\n",
+    );
+    let cycles: Vec<_> = p.iter().filter(|p| p.message.contains("fallback cycle")).collect();
+    assert_eq!(cycles.len(), 1, "one error per cycle: {p:?}");
+    assert_eq!((cycles[0].line, cycles[0].warning), (5, false), "{p:?}");
+    assert!(cycles[0].message.contains("a -> b -> c -> a"), "{p:?}");
+    let p = problems(
+        "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:*\"]\n[destinations.a]\nurl = \"http://127.0.0.1:1/a\"\nfallback = \"a\"\n",
+    );
+    assert!(p.iter().any(|p| p.line == 5 && !p.warning && p.message.contains("fallback is itself")), "{p:?}");
+    // A chain without a cycle is fine.
+    let p = problems(
+        "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:*\"]\n[destinations.a]\nurl = \"http://127.0.0.1:1/a\"\nfallback = \"b\"\n\
+         [destinations.b]\nurl = \"http://127.0.0.1:1/b\"\n",
+    );
+    assert!(p.iter().all(|p| p.warning), "{p:?}");
+}
+
+#[test]
+fn check_refuses_any_account_topics_while_auto_confirm_is_on() {
+    for topics in ["\"*\"", "\"arn:aws:sns:*:*:alarms\"", "\"arn:aws:sns:us-east-1:*\""] {
+        let p = problems(&format!("[sns]\ntopics = [{topics}]\n"));
+        assert!(
+            p.iter().any(|p| p.line == 2 && !p.warning && p.message.contains("any AWS account")),
+            "{topics}: {p:?}"
+        );
+        let p = problems(&format!("[sns]\ntopics = [{topics}]\nallow_any_account = true\n"));
+        assert!(p.iter().all(|p| p.warning), "allow_any_account did not allow {topics}: {p:?}");
+        let p = problems(&format!("[sns]\ntopics = [{topics}]\nauto_confirm = false\n"));
+        assert!(p.iter().all(|p| p.warning), "without auto_confirm nobody can subscribe us: {topics}: {p:?}");
+    }
+    assert!(problems("[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n").is_empty());
+}
+
+#[test]
+fn check_warns_about_unproducible_severities_and_plain_http() {
+    let p = problems(&format!(
+        "{HEAD}[destinations.remote]\nurl = \"http://hooks.example.com/x\"\n\
+         [severity]\nrules = [{{ field = \"alarm_name\", regex = '-(critical|info)$' }}]\n\
+         [[route]]\nname = \"r\"\nseverity = [\"critical\", \"page\", \"~p.*\"]\nto = [\"a\"]\n"
+    ));
+    assert!(p.iter().all(|p| p.warning), "{p:?}");
+    let sev: Vec<_> = p.iter().filter(|p| p.message.contains("produced by no")).collect();
+    assert_eq!(sev.len(), 1, "only the literal \"page\" is unproducible: {p:?}");
+    assert!(sev[0].line == 15 && sev[0].message.contains("\"page\""), "{p:?}");
+    let http: Vec<_> = p.iter().filter(|p| p.message.contains("plain http://")).collect();
+    assert_eq!(http.len(), 1, "loopback http must not warn: {p:?}");
+    assert_eq!(http[0].line, 10);
+    assert!(!http[0].message.contains("hooks.example.com"), "the URL is a secret: {p:?}");
+}
+
+#[test]
+fn one_broken_route_is_one_error() {
+    let p = problems(&format!(
+        "{HEAD}[[route]]\nname = \"broken\"\nalarm_name = [\"a[\"]\nto = [\"a\"]\n\
+         [[route]]\nname = \"x\"\nalarm_name = [\"x\"]\nto = [\"b\"]\n\
+         [[route]]\nname = \"y\"\nalarm_name = [\"y\"]\nto = [\"b\"]\n\
+         [default_route]\nto = [\"c\"]\n"
+    ));
+    let p: Vec<_> = p.into_iter().filter(|p| !p.warning).collect();
+    assert_eq!(p.len(), 1, "a cascade of false errors: {p:?}");
+    assert!(p[0].line == 11 && p[0].message.contains("bad glob"), "{p:?}");
+}
