@@ -168,12 +168,20 @@ impl Gateway {
         match self.store.accept(&notification.envelope, decision.destinations, Some((key, expires))).await {
             Ok(deliveries) if deliveries.is_empty() => {
                 self.metrics.unrouted.inc();
-                tracing::info!(message_id = %message_id, muted_by = ?decision.muted, "notification matched no route");
+                let alarm = notification.alarm.as_ref().map_or("", |a| a.name.as_str());
+                match &decision.muted {
+                    Some(route) => {
+                        tracing::info!(message_id = %message_id, alarm = %alarm, route = %route, "notification muted by route")
+                    }
+                    None => tracing::info!(message_id = %message_id, alarm = %alarm, "notification matched no route"),
+                }
                 Ok(Outcome::Unrouted)
             }
             Ok(mut deliveries) => {
                 self.metrics.accepted.inc();
-                tracing::info!(message_id = %message_id, severity = %severity, routes = ?decision.routes, "notification accepted");
+                let alarm = notification.alarm.as_ref().map_or("", |a| a.name.as_str());
+                let routes = decision.routes.join(",");
+                tracing::info!(message_id = %message_id, alarm = %alarm, severity = %severity, routes = %routes, "notification accepted");
                 let prepared = Arc::new(route::Prepared { notification, severity });
                 for d in &mut deliveries {
                     d.prepared = Some(prepared.clone());
@@ -376,17 +384,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         });
     }
 
-    // Gauges that are cheaper to sample than to keep exact on every request.
+    // Gauges that are cheaper to sample on each scrape than to keep exact on every request.
     {
-        let gateway = gateway.clone();
-        let mut shutdown = shutdown_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                gateway.metrics.dedup_entries.set(gateway.dedup.len() as i64);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = shutdown.recv() => return,
-                }
+        let gateway = Arc::downgrade(&gateway);
+        metrics.sample_on_scrape(move |m| {
+            let Some(gateway) = gateway.upgrade() else { return };
+            m.dedup_entries.set(gateway.dedup.len() as i64);
+            let now = deliver::now_ms();
+            for (destination, oldest) in gateway.deliver.oldest_pending() {
+                let age = oldest.map(|t| now.saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
+                m.oldest_pending_seconds.get_or_create(&Metrics::named("destination", &destination)).set(age);
             }
         });
     }

@@ -98,10 +98,13 @@ struct Serve {
     /// /healthz, /readyz, /metrics.
     #[arg(long, env = "WEBHOOK_RELAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     admin_listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM); re-read within 10 s of a change.
     #[arg(long, env = "WEBHOOK_RELAY_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM).
     #[arg(long, env = "WEBHOOK_RELAY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The durable queue, remembered MessageIds and dead letters.
     #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// Pinned signing certificates, by file name.
@@ -110,8 +113,10 @@ struct Serve {
     /// Trust and fetch URLs under this prefix (SNS emulators only). Repeatable.
     #[arg(long, env = "WEBHOOK_RELAY_SNS_DEV_URL_PREFIX", value_delimiter = ',')]
     sns_dev_url_prefix: Vec<String>,
+    /// Log lines on stderr as text or JSON; the level comes from WEBHOOK_RELAY_LOG (e.g. debug).
     #[arg(long, env = "WEBHOOK_RELAY_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// On SIGTERM/SIGINT: how long in-flight requests and posts may take to finish.
     #[arg(long, env = "WEBHOOK_RELAY_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
     /// Largest accepted request body, in bytes.
@@ -125,7 +130,12 @@ struct Serve {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEBHOOK_RELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a pod's log or a file must not carry escape codes.
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

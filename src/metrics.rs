@@ -2,7 +2,8 @@
 //! the whole of /metrics. Label values are fixed vocabularies or destination/route names
 //! from routes.toml: never webhook URLs, never message content.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -67,6 +68,73 @@ pub struct Metrics {
     pub store_compactions: Counter,
     /// MessageIds currently remembered (sampled when /metrics is scraped).
     pub dedup_entries: Gauge,
+    /// Age of the oldest delivery still waiting, by destination (sampled on scrape): the
+    /// queue depth says how much is waiting, this says for how long.
+    pub oldest_pending_seconds: Family<Named, Gauge<f64, AtomicU64>>,
+    /// The standard `process_*` metrics, unprefixed as every Prometheus client names them.
+    process: Arc<Process>,
+    /// Called before each render, to sample gauges that are cheaper to read than to keep.
+    samplers: Arc<Mutex<Vec<Sampler>>>,
+}
+
+type Sampler = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+/// `process_*` from /proc/self. prometheus-client has no process collector (the
+/// `prometheus` crate's needs its own registry type), and four numbers are a few reads.
+struct Process {
+    registry: Registry,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    resident_memory_bytes: Gauge,
+    open_fds: Gauge,
+}
+
+impl Process {
+    fn new() -> Process {
+        let mut registry = Registry::default();
+        let cpu_seconds = Counter::<f64, AtomicU64>::default();
+        let resident_memory_bytes = Gauge::default();
+        let open_fds = Gauge::default();
+        let start_time: Gauge = Gauge::default();
+        start_time.set(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
+        );
+        registry.register("process_cpu_seconds", "User and system CPU time spent, in seconds", cpu_seconds.clone());
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size, in bytes",
+            resident_memory_bytes.clone(),
+        );
+        registry.register("process_open_fds", "Open file descriptors", open_fds.clone());
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            start_time,
+        );
+        Process { registry, cpu_seconds, resident_memory_bytes, open_fds }
+    }
+
+    /// Linux only; elsewhere the values stay 0.
+    fn sample(&self) {
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces) start at the state, field 3.
+            let fields: Vec<&str> =
+                stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let per_second = rustix::param::clock_ticks_per_second() as f64;
+            let total = (ticks(11) + ticks(12)) / per_second.max(1.0);
+            let delta = total - self.cpu_seconds.get();
+            if delta > 0.0 {
+                self.cpu_seconds.inc_by(delta);
+            }
+        }
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            let pages = statm.split_whitespace().nth(1).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            self.resident_memory_bytes.set(pages * rustix::param::page_size() as i64);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -146,6 +214,11 @@ impl Metrics {
         let store_compactions =
             reg!("store_compactions", "Log segments reclaimed (live messages carried forward)", Counter::default());
         let dedup_entries = reg!("dedup_entries", "MessageIds remembered for duplicate detection", Gauge::default());
+        let oldest_pending_seconds = reg!(
+            "oldest_pending_seconds",
+            "Age of the oldest delivery waiting, by destination (0 when none waits)",
+            Family::default()
+        );
         let build_info: Family<[(&'static str, &'static str); 1], Gauge> =
             reg!("build_info", "Always 1; the version label says which build runs", Family::default());
         build_info.get_or_create(&[("version", env!("CARGO_PKG_VERSION"))]).set(1);
@@ -181,15 +254,32 @@ impl Metrics {
             store_disk_bytes,
             store_compactions,
             dedup_entries,
+            oldest_pending_seconds,
+            process: Arc::new(Process::new()),
+            samplers: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
+        for sample in self.samplers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            sample(self);
+        }
+        self.process.sample();
         let mut out = String::new();
-        // Writing into a String cannot fail.
+        // Writing into a String cannot fail. Each encode ends with "# EOF": keep the last.
+        let _ = encode(&mut out, &self.process.registry);
+        if out.ends_with("# EOF\n") {
+            out.truncate(out.len() - "# EOF\n".len());
+        }
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Registers a gauge sampler run on every scrape. It must not hold what owns these
+    /// metrics strongly (take a `Weak`), or neither is ever dropped.
+    pub fn sample_on_scrape(&self, sampler: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.samplers.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(sampler));
     }
 
     pub fn reject(&self, reason: &'static str) {

@@ -318,4 +318,71 @@ fn demo_runs_end_to_end() {
         text.contains("prod-cache-evictions-critical") && text.contains("webhook_relay_sns_accepted_total 8"),
         "{text}"
     );
+    // One whole message as the channel shows it: header, fields and the console link.
+    let shown = text.split("one message as #ops-critical shows it:").nth(1).unwrap_or_else(|| panic!("{text}"));
+    assert!(shown.contains("| Severity: critical"), "{text}");
+    assert!(shown.contains("(https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1#alarmsV2:alarm/prod-api-5xx-critical)"), "{text}");
+    assert!(text.contains("name = \"prod-critical\""), "the routes it used: {text}");
+    assert!(
+        text.contains("next:") && text.contains("webhook-relay check") && text.contains("webhook-relay route-test"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_serve_flag_has_help_and_version_works() {
+    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    // clap prints a flag and its help on one line; a flag line without text has no help.
+    let flags: Vec<&str> = help.lines().map(str::trim).filter(|l| l.starts_with("--")).collect();
+    assert!(flags.len() >= 12, "{help}");
+    for line in flags {
+        let (flag, rest) = line.split_once("  ").unwrap_or((line, ""));
+        assert!(!rest.trim().is_empty(), "serve flag without help text: {flag}\n{help}");
+    }
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("webhook-relay {}", env!("CARGO_PKG_VERSION"))));
+}
+
+#[tokio::test]
+async fn logs_name_the_alarm_and_print_muted_routes_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SlackSink::start().await.unwrap();
+    let url = sink.url("c");
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        format!(
+            "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n[destinations.c]\nurl = \"{url}\"\n\
+             [[route]]\nname = \"hush\"\nalarm_name = [\"noisy-*\"]\nenabled = false\n[[route]]\nname = \"all\"\nto = [\"c\"]\n"
+        ),
+    )
+    .unwrap();
+    signer().pin_into(&dir.path().join("certs")).unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), port, admin);
+    let mut child = cmd.env("WEBHOOK_RELAY_LOG", "webhook_relay=debug").stderr(log).spawn().unwrap();
+    wait_ready(admin).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    let body = alarm(signer(), "l1", "prod-db-latency", "ALARM").to_string();
+    assert_eq!(reqwest_like::Client.post(addr, "/sns", &[], body.into()).await.0, 200);
+    let body = alarm(signer(), "l2", "noisy-disk", "ALARM").to_string();
+    assert_eq!(reqwest_like::Client.post(addr, "/sns", &[], body.into()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(5), |_| sink.delivered("c").len() == 1).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    let line =
+        |needle: &str| text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?}:\n{text}"));
+    assert!(line("notification accepted").contains("alarm=prod-db-latency"), "{text}");
+    let delivered = line("delivered");
+    assert!(delivered.contains("DEBUG") && delivered.contains("prod-db-latency"), "{text}");
+    let muted = line("muted by route");
+    assert!(muted.contains("route=hush") && muted.contains("alarm=noisy-disk") && !muted.contains("Some("), "{text}");
+    assert!(!text.contains(&url), "a webhook URL in the log:\n{text}");
+    assert!(!text.contains('\x1b'), "terminal colour codes in a log file:\n{text}");
 }

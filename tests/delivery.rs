@@ -378,3 +378,32 @@ to = ["c"]
     assert!(texts(&sink)[0].starts_with("<!here>"), "{:?}", texts(&sink));
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_show_the_process_and_how_long_the_oldest_delivery_waits() {
+    let sink = SlackSink::start().await.unwrap();
+    sink.script("c", vec![Reply::Status(503, "down"); 50]);
+    let gw = start(&one_channel(&sink, "c", "max_attempts = 100", "")).await;
+    // The public port answers a load balancer's probe without details.
+    assert_eq!(reqwest_like::Client.get(gw.addr, "/healthz").await, (200, "ok\n".to_string()));
+    assert_eq!(gw.post(alarm(signer(), "p1", "prod-a", "ALARM").to_string()).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let m = gw.metrics().await;
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    let start = value("process_start_time_seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(start <= now && start > now - 3600.0, "{start}");
+    let age = value("webhook_relay_oldest_pending_seconds{destination=\"c\"}");
+    assert!((1.0..30.0).contains(&age), "the undelivered alarm waits for {age} s");
+    assert!(m.trim_end().ends_with("# EOF") && m.matches("# EOF").count() == 1, "{m}");
+    gw.shutdown().await;
+}

@@ -144,6 +144,21 @@ async fn demo(out: &mut dyn std::io::Write) -> anyhow::Result<()> {
             writeln!(out, "    {text}{note}")?;
         }
     }
+    if let Some(p) = sink.posts().iter().find(|p| p.channel == CHANNELS[0] && p.status == 200) {
+        writeln!(out, "\none message as #{} shows it:", CHANNELS[0])?;
+        for line in as_slack_shows_it(&p.body) {
+            writeln!(out, "  | {line}")?;
+        }
+    }
+    writeln!(
+        out,
+        "\nthe routes that sent them there (routes.toml; destination URLs come from the environment in production):"
+    )?;
+    let text = routes(&sink);
+    let from = text.find("[[route]]").unwrap_or(0);
+    for line in text[from..].lines().filter(|l| !l.trim().is_empty()) {
+        writeln!(out, "  {line}")?;
+    }
     let metrics = running.metrics.render();
     writeln!(out, "\nmetrics:")?;
     for line in metrics.lines().filter(|l| {
@@ -159,7 +174,40 @@ async fn demo(out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     running.shutdown().await;
     sink.stop();
     let _ = std::fs::remove_dir_all(&dir);
+    writeln!(
+        out,
+        "\nnext:\n  \
+         webhook-relay check --config routes.toml          # is my routes file valid? (line:column for each problem)\n  \
+         webhook-relay route-test --payload --config routes.toml examples/cloudwatch-alarm.json\n  \
+         \x20                                                 # where would this alarm go, and what would Slack get?\n  \
+         webhook-relay serve --config routes.toml --data-dir ./data   # run it (README.md: flags and deployment)"
+    )?;
     Ok(())
+}
+
+/// A Slack message payload as the channel shows it, line by line: the text, then each
+/// block's text and fields, with `<url|label>` links shown as `label (url)`.
+fn as_slack_shows_it(payload: &serde_json::Value) -> Vec<String> {
+    fn links(s: &str) -> String {
+        let re = regex::Regex::new(r"<([^|>]+)\|([^>]+)>").expect("static regex");
+        re.replace_all(s, "$2 ($1)").into_owned()
+    }
+    let mut lines = vec![payload["text"].as_str().unwrap_or_default().to_string(), String::new()];
+    let blocks = payload["attachments"][0]["blocks"].as_array().cloned().unwrap_or_default();
+    for b in &blocks {
+        if let Some(t) = b["text"]["text"].as_str() {
+            lines.extend(links(t).lines().map(str::to_string));
+        }
+        for f in b["fields"].as_array().into_iter().flatten() {
+            let t = f["text"].as_str().unwrap_or_default();
+            let (label, value) = t.split_once('\n').unwrap_or((t, ""));
+            lines.push(format!("{}: {}", label.trim_matches('*'), links(value)));
+        }
+        for e in b["elements"].as_array().into_iter().flatten() {
+            lines.push(links(e["text"].as_str().unwrap_or_default()));
+        }
+    }
+    lines
 }
 
 fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {

@@ -215,6 +215,20 @@ impl Deliverer {
         }
     }
 
+    /// When the oldest delivery still waiting for each destination was accepted (ms since
+    /// the epoch), `None` when none waits. Queues are in accept order and what is spilled
+    /// to the store is newer than what is held, so the head is the oldest.
+    pub fn oldest_pending(&self) -> Vec<(String, Option<u64>)> {
+        let queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues
+            .iter()
+            .map(|(name, q)| {
+                let st = q.items.lock().unwrap_or_else(|p| p.into_inner());
+                (name.clone(), st.items.front().map(|d| d.accepted_at_ms))
+            })
+            .collect()
+    }
+
     /// Total deliveries waiting in memory.
     pub fn pending(&self) -> usize {
         let queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -278,7 +292,7 @@ impl Worker {
                 return;
             }
             let batch = self.take_batch(head, waited || attempts > 0);
-            let Some(body) = self.render(&batch, &config, &dest) else {
+            let Some((body, what)) = self.render(&batch, &config, &dest) else {
                 // Message vanished from the store (finished elsewhere): drop from the queue.
                 self.pop(&batch);
                 continue;
@@ -297,6 +311,7 @@ impl Worker {
             match verdict {
                 Verdict::Done => {
                     attempts = 0;
+                    tracing::debug!(destination = %self.name, notifications = batch_items(&batch).len(), what = %what, "delivered");
                     self.d
                         .metrics
                         .destination_unhealthy
@@ -438,7 +453,8 @@ impl Worker {
         }
     }
 
-    fn render(&self, batch: &Batch, config: &Config, dest: &Destination) -> Option<Bytes> {
+    /// The body to post, and (only when debug logging is on) what it names, for the log.
+    fn render(&self, batch: &Batch, config: &Config, dest: &Destination) -> Option<(Bytes, String)> {
         let mut loaded: Vec<Arc<Prepared>> = Vec::new();
         for del in batch_items(batch) {
             if let Some(p) = &del.prepared {
@@ -460,6 +476,11 @@ impl Worker {
         if loaded.is_empty() {
             return None;
         }
+        let what = if tracing::enabled!(tracing::Level::DEBUG) {
+            loaded.iter().map(|p| slack::headline(&p.notification)).collect::<Vec<_>>().join(", ")
+        } else {
+            String::new()
+        };
         let rendered = if let [p] = loaded.as_slice() {
             let history = self.track_alarm(&p.notification);
             slack::render(&p.notification, &p.severity, &style(dest, &p.notification, &p.severity), history)
@@ -474,7 +495,7 @@ impl Worker {
             slack::render_digest(&items)
         };
         let body = serde_json::to_vec(&rendered.payload).ok()?;
-        Some(Bytes::from(body))
+        Some((Bytes::from(body), what))
     }
 
     /// Places a notification in its alarm's history: how long an ALARM lasted (for an OK),
@@ -570,7 +591,7 @@ pub fn style(dest: &Destination, n: &Notification, severity: &str) -> slack::Sty
     slack::Style { mention }
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

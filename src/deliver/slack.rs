@@ -121,8 +121,19 @@ fn field(label: &str, value: &str, notes: &mut Vec<String>) -> Value {
 pub fn headline(n: &Notification) -> String {
     match &n.alarm {
         Some(a) => format!("{} {}: {}", emoji(&a.new_state), a.new_state, escape(&a.name)),
-        None => escape(n.envelope.subject.as_deref().unwrap_or("SNS notification")),
+        None => escape(&untitled_headline(n)),
     }
+}
+
+/// A notification that is not an alarm is named by its Subject, or else by the start of
+/// its Message (first line, 80 characters): a digest line must say what it is.
+fn untitled_headline(n: &Notification) -> String {
+    if let Some(s) = n.envelope.subject.as_deref().filter(|s| !s.trim().is_empty()) {
+        return s.to_string();
+    }
+    let first = n.envelope.message.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(empty message)");
+    let mut notes = Vec::new();
+    cut(first, 80, "headline", &mut notes)
 }
 
 /// Renders one notification.
@@ -222,8 +233,7 @@ fn comparison(op: &str) -> &'static str {
 }
 
 fn other_blocks(n: &Notification, notes: &mut Vec<String>) -> (String, Vec<Value>) {
-    let subject = n.envelope.subject.as_deref().unwrap_or("SNS notification");
-    let text = escape(subject);
+    let text = escape(&untitled_headline(n));
     // JSON messages are pretty-printed so a human can read them in the channel.
     let body = match serde_json::from_str::<Value>(&n.envelope.message) {
         Ok(v) if v.is_object() || v.is_array() => serde_json::to_string_pretty(&v).unwrap_or_default(),
@@ -416,6 +426,23 @@ mod tests {
             );
         }
         assert!(r.payload["attachments"][0]["blocks"].as_array().unwrap().len() <= MAX_BLOCKS);
+    }
+
+    #[test]
+    fn digest_names_non_alarms_by_subject_or_message_start() {
+        let items: Vec<_> = [
+            notification("Deployment 1.42 finished\nsecond line", None),
+            notification("{}", Some("Backup done")),
+            notification("   ", None),
+        ]
+        .into_iter()
+        .map(|n| (std::sync::Arc::new(Prepared { notification: n, severity: "info".into() }), History::default()))
+        .collect();
+        let text = render_digest(&items).payload["text"].as_str().unwrap().to_string();
+        assert_eq!(text, "3 notifications: Deployment 1.42 finished, Backup done, (empty message)");
+        let long = "x".repeat(200);
+        let r = render(&notification(&long, None), "info", &Style::default(), History::default());
+        assert_eq!(r.payload["text"].as_str().unwrap().chars().count(), 80);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Listeners: the public one (`POST /sns` only, HTTP or HTTPS) and the admin one
+//! Listeners: the public one (`POST /sns`, and a bare `GET /healthz`; HTTP or HTTPS) and the admin one
 //! (`/healthz`, `/readyz`, `/metrics`). Each connection is served by hyper with a header
 //! read timeout; each body read has its own timeout and size cap, so a slow or huge client
 //! cannot hold a connection or memory. A semaphore bounds open connections.
@@ -122,6 +122,11 @@ pub async fn serve_public(
 }
 
 async fn public(req: Request<Incoming>, gateway: &Gateway, limits: Limits, peer: SocketAddr) -> Response<Body> {
+    // For load balancers that can only probe the traffic port (an ALB target group): says
+    // the process answers, nothing more. Readiness stays on the admin port.
+    if req.uri().path() == "/healthz" && req.method() == Method::GET {
+        return text(StatusCode::OK, "ok\n");
+    }
     if req.uri().path() != "/sns" {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
