@@ -66,3 +66,50 @@ fn a_broken_expression_is_caught() {
     assert!(promql_parser::parser::parse("sum(rate(webhook_relay_dead_letters_total[5m])").is_err());
     assert!(!is_exported("webhook_relay_no_such_metric", &exported()));
 }
+
+#[test]
+fn the_image_is_stripped_and_builds_for_any_architecture() {
+    let dockerfile = read("deploy/Dockerfile");
+    let code: Vec<&str> = dockerfile.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    for arch in ["x86_64", "amd64", "aarch64", "arm64"] {
+        assert!(!code.iter().any(|l| l.contains(arch)), "the Dockerfile hard-codes {arch}:\n{dockerfile}");
+    }
+    assert!(code.iter().any(|l| l.contains("$(uname -m)-unknown-linux-musl")), "{dockerfile}");
+    assert!(
+        code.iter().any(|l| l.contains("CARGO_PROFILE_RELEASE_STRIP=symbols")),
+        "binary not stripped:\n{dockerfile}"
+    );
+}
+
+#[test]
+fn the_base_runs_one_replica_until_cluster_mode() {
+    let sts = read("deploy/kubernetes/base/statefulset.yaml");
+    assert!(sts.lines().any(|l| l == "  replicas: 1"), "{sts}");
+    assert!(read("docs/operations.md").contains("### Why one replica"));
+}
+
+#[test]
+fn the_localstack_example_passes_check_as_the_guide_runs_it() {
+    let bin = env!("CARGO_BIN_EXE_webhook-relay");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/localstack/routes.toml");
+    let guide = read("docs/operations.md");
+    assert!(guide.contains("export SLACK_LOCAL=") && guide.contains("--config examples/localstack/routes.toml"));
+    let out = std::process::Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("SLACK_LOCAL", "https://hooks.slack.invalid/x")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // A LocalStack message (account 000000000000) is not refused at the door.
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("m.json");
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let alarm = read("examples/cloudwatch-alarm.json");
+    let sns = serde_json::json!({"Type": "Notification", "MessageId": "x", "Timestamp": now, "Message": alarm,
+        "TopicArn": "arn:aws:sns:us-east-1:000000000000:alarms"});
+    std::fs::write(&msg, sns.to_string()).unwrap();
+    let out = std::process::Command::new(bin).args(["route-test", "--config"]).arg(&config).arg(&msg).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains("refused") && text.contains("destinations: local"), "{text}");
+}

@@ -32,9 +32,9 @@ if [ "${1:-}" = "--self-test" ]; then
     trap 'rm -rf "$tmp"' EXIT
     cp -rL "$here/base" "$tmp/base"
     # A typo'd field and a wrong type: both must be caught.
-    sed -i 's/^  replicas: 2$/  replicas: "two"/' "$tmp/base/statefulset.yaml"
+    sed -i 's/^  replicas: 1$/  replicas: "one"/' "$tmp/base/statefulset.yaml"
     sed -i 's/^          readinessProbe:$/          readinesProbe:/' "$tmp/base/statefulset.yaml"
-    grep -q 'replicas: "two"' "$tmp/base/statefulset.yaml" || { echo "self-test: could not break the manifest"; exit 1; }
+    grep -q 'replicas: "one"' "$tmp/base/statefulset.yaml" || { echo "self-test: could not break the manifest"; exit 1; }
     if validate_dir "$tmp/base" >/dev/null 2>&1; then
         echo "self-test FAILED: a broken manifest passed validation"; exit 1
     fi
