@@ -92,7 +92,7 @@ struct Serve {
     /// Routes file; re-read on change and on SIGHUP.
     #[arg(long, env = "WEBHOOK_RELAY_CONFIG", default_value = "routes.toml")]
     config: PathBuf,
-    /// Public listener: POST /sns only.
+    /// Public listener: POST /sns, and GET /healthz for load balancers.
     #[arg(long, env = "WEBHOOK_RELAY_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// /healthz, /readyz, /metrics.
