@@ -6,7 +6,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use webhook_relay::config::Config;
 use webhook_relay::deliver::slack;
-use webhook_relay::route::{Envelope, Facts, Notification};
+use webhook_relay::model::{Envelope, Notification};
+use webhook_relay::route::Facts;
 use webhook_relay::sns::{verify_signature, SigningCert, SnsMessage};
 
 fn config_with_routes(n: usize) -> Config {

@@ -173,7 +173,7 @@ fn dead_letter_commands_on_a_real_data_dir() {
             attempts: 1,
             failed_at: "2026-01-01T00:00:00Z".into(),
             accepted_at_ms: i,
-            envelope: webhook_relay::route::Envelope {
+            envelope: webhook_relay::model::Envelope {
                 message_id: format!("m{i}"),
                 topic_arn: TOPIC.into(),
                 subject: Some(format!("subject {i}")),

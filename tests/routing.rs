@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use support::*;
 use webhook_relay::config::{Config, ConfigError};
-use webhook_relay::route::{Envelope, Facts, Notification};
+use webhook_relay::model::{Envelope, Notification};
+use webhook_relay::route::Facts;
 
 const HEAD: &str = "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:*\"]\n[destinations.a]\nurl = \"http://127.0.0.1:1/a\"\n[destinations.b]\nurl = \"http://127.0.0.1:1/b\"\n[destinations.c]\nurl = \"http://127.0.0.1:1/c\"\n";
 

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use crate::config::{Config, Secrets};
 use crate::deliver::slack;
-use crate::route::{Envelope, Facts, Notification};
+use crate::model::{Envelope, Notification};
+use crate::route::Facts;
 
 pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn std::io::Write) -> i32 {
     // Secrets may be absent: route-test sends nothing.
@@ -117,7 +118,7 @@ fn envelope_from(text: &str) -> Option<Envelope> {
             fallback_from: None,
         });
     }
-    let alarm = crate::route::alarm::parse_alarm(&v.to_string())?;
+    let alarm = crate::model::parse_alarm(&v.to_string())?;
     // A bare alarm has no topic: make one from its ARN's region and account.
     let region = alarm.arn.as_deref().and_then(|a| a.split(':').nth(3)).unwrap_or("us-east-1");
     let account = alarm.account.clone().unwrap_or_else(|| "000000000000".into());

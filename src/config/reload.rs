@@ -107,7 +107,7 @@ impl ConfigHandle {
 /// Returns the watcher, which must be kept alive.
 pub fn spawn_reloader(
     handle: Arc<ConfigHandle>,
-    mut shutdown: crate::server::shutdown::Shutdown,
+    mut shutdown: crate::shutdown::Shutdown,
 ) -> notify::Result<notify::RecommendedWatcher> {
     // The message says whether to force (SIGHUP) or only reload changed text (file events).
     let (tx, mut rx) = mpsc::channel::<bool>(16);

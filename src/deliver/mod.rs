@@ -22,8 +22,8 @@ use tokio::sync::Notify;
 use crate::config::reload::ConfigHandle;
 use crate::config::{Config, Destination};
 use crate::metrics::Metrics;
-use crate::route::{Envelope, Notification, Prepared};
-use crate::server::shutdown::Shutdown;
+use crate::model::{Envelope, Notification, Prepared};
+use crate::shutdown::Shutdown;
 use crate::store::{Delivery, SeqSet, Store};
 pub use client::{Answer, HttpClient, PostError};
 
@@ -334,7 +334,7 @@ impl Worker {
                 }
                 Verdict::Fail { gone } => {
                     let answer = match &result {
-                        Ok(a) => format!("HTTP {} {}", a.status, crate::sns::message::truncate(a.body.trim(), 100)),
+                        Ok(a) => format!("HTTP {} {}", a.status, crate::model::truncate(a.body.trim(), 100)),
                         Err(e) => e.to_string(),
                     };
                     if gone {

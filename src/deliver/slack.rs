@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::route::{Alarm, Notification, Prepared};
+use crate::model::{Alarm, Notification, Prepared};
 
 /// Block Kit limits we stay inside.
 pub const MAX_SECTION: usize = 3000;
@@ -288,7 +288,7 @@ pub fn render_digest(items: &[(std::sync::Arc<Prepared>, History)]) -> Rendered 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::Envelope;
+    use crate::model::Envelope;
 
     fn notification(message: &str, subject: Option<&str>) -> Notification {
         Notification::from_envelope(Envelope {

@@ -2,20 +2,12 @@
 //! the first match stops evaluation unless it says `continue = true`; a destination reached
 //! twice gets the notification once; nothing matched falls to `[default_route]`.
 
-pub mod alarm;
 pub mod matcher;
 pub mod severity;
 
-pub use alarm::{Alarm, Envelope, Notification};
-
 use matcher::{FieldIndex, FieldIndexBuilder, FieldPatterns};
 
-/// A notification with the severity routing gave it, shared by its deliveries.
-#[derive(Debug)]
-pub struct Prepared {
-    pub notification: Notification,
-    pub severity: String,
-}
+use crate::model::Notification;
 
 /// The notification fields a route can match on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Severity: ops' ordered rules that pull a severity word out of a named field. The first
 //! rule whose regex matches wins and its first capture, lower-cased, is the severity.
 
-use super::alarm::Notification;
+use crate::model::Notification;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeverityField {

@@ -3,7 +3,6 @@
 //! read timeout; each body read has its own timeout and size cap, so a slow or huge client
 //! cannot hold a connection or memory. A semaphore bounds open connections.
 
-pub mod shutdown;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -21,9 +20,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::ingest::Gateway;
 use crate::metrics::Metrics;
-use crate::Gateway;
-use shutdown::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// Limits applied to every public connection.
 #[derive(Debug, Clone, Copy)]
@@ -177,9 +176,8 @@ async fn public(req: Request<Incoming>, gateway: &Gateway, limits: Limits, peer:
         }
         Err(e) => {
             metrics.reject(e.label());
-            tracing::warn!(%peer, status = e.status(), reason = e.label(), error = %e, "sns message refused");
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
-            text(status, format!("{}\n", e.label()))
+            tracing::warn!(%peer, status = e.status().as_u16(), reason = e.label(), error = %e, "sns message refused");
+            text(e.status(), format!("{}\n", e.label()))
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 use super::SnsError;
+use crate::model::truncate;
 
 /// The three message types SNS delivers to an HTTP(S) subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,39 +189,6 @@ fn required(v: Option<String>, name: &'static str) -> Result<String, SnsError> {
     v.ok_or(SnsError::MissingField(name))
 }
 
-/// Cuts attacker-controlled text before it reaches a log line.
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].escape_debug().to_string()
-}
-
-/// A parsed `arn:<partition>:sns:<region>:<account>:<name>` topic ARN.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicArn<'a> {
-    pub partition: &'a str,
-    pub region: &'a str,
-    pub account: &'a str,
-    pub name: &'a str,
-}
-
-impl<'a> TopicArn<'a> {
-    pub fn parse(arn: &'a str) -> Option<TopicArn<'a>> {
-        let mut parts = arn.splitn(6, ':');
-        let (Some("arn"), Some(partition), Some("sns"), Some(region), Some(account), Some(name)) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return None;
-        };
-        if partition.is_empty() || region.is_empty() || name.is_empty() {
-            return None;
-        }
-        Some(TopicArn { partition, region, account, name })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,20 +303,5 @@ mod tests {
         let url = v.as_object_mut().unwrap().remove("SigningCertURL").unwrap();
         v["SigningCertUrl"] = url.clone();
         assert_eq!(parse(&v).unwrap().signing_cert_url, url.as_str().unwrap());
-    }
-
-    #[test]
-    fn topic_arns() {
-        let t = TopicArn::parse("arn:aws-cn:sns:cn-north-1:123:a:b").unwrap();
-        assert_eq!((t.partition, t.region, t.account, t.name), ("aws-cn", "cn-north-1", "123", "a:b"));
-        assert!(TopicArn::parse("arn:aws:sqs:us-east-1:1:q").is_none());
-        assert!(TopicArn::parse("arn:aws:sns:us-east-1:1").is_none());
-        assert!(TopicArn::parse("").is_none());
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("ééé", 3), "é");
-        assert_eq!(truncate("a\nb", 10), "a\\nb");
     }
 }

@@ -14,7 +14,7 @@ use ring::signature::{self, UnparsedPublicKey};
 
 pub use certs::{CertError, CertStore, SigningCert};
 pub use fetch::Fetcher;
-pub use message::{MessageType, SignatureVersion, SnsMessage, TopicArn};
+pub use message::{MessageType, SignatureVersion, SnsMessage};
 pub use trust::{DevPrefixes, UntrustedUrl};
 
 use crate::metrics::Metrics;
@@ -54,14 +54,14 @@ pub enum SnsError {
 }
 
 impl SnsError {
-    pub fn status(&self) -> u16 {
+    pub fn status(&self) -> http::StatusCode {
         match self {
             SnsError::Malformed(_)
             | SnsError::MissingField(_)
             | SnsError::UnknownType(_)
             | SnsError::BadTimestamp(_)
-            | SnsError::UnsupportedSignatureVersion(_) => 400,
-            SnsError::Cert(CertError::Unavailable(_)) => 503,
+            | SnsError::UnsupportedSignatureVersion(_) => http::StatusCode::BAD_REQUEST,
+            SnsError::Cert(CertError::Unavailable(_)) => http::StatusCode::SERVICE_UNAVAILABLE,
             SnsError::RawDelivery
             | SnsError::UntrustedCertUrl(_)
             | SnsError::UntrustedSubscribeUrl(_)
@@ -70,7 +70,7 @@ impl SnsError {
             | SnsError::BadSignature(_)
             | SnsError::TopicNotAllowed
             | SnsError::TooOld
-            | SnsError::FromFuture => 403,
+            | SnsError::FromFuture => http::StatusCode::FORBIDDEN,
         }
     }
 

@@ -3,7 +3,7 @@
 //! parser, because general parsers normalise (backslashes, percent-encoded hosts, tabs) and
 //! every normalisation is a way to make a check and a fetch disagree.
 
-use super::message::TopicArn;
+use crate::model::TopicArn;
 
 /// Why a URL was refused. Each is a 403 and is logged with its reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -49,7 +49,7 @@ use tokio::sync::oneshot;
 
 use crate::dedup::MessageKey;
 use crate::metrics::Metrics;
-use crate::route::{Envelope, Prepared};
+use crate::model::{Envelope, Prepared};
 pub use dead_letters::{DeadLetter, DeadLetters};
 use log::{Frame, Reader, Step};
 

@@ -1,40 +1,8 @@
-//! The notification model: what a verified SNS Notification says, and the CloudWatch alarm
-//! inside it when there is one. Parsing is lenient on purpose: CloudWatch's JSON has grown
-//! fields over the years and some are null or of odd types, and a surprising alarm must
-//! still reach Slack rather than be refused.
+//! The CloudWatch alarm inside an SNS Message, when there is one. Parsing is lenient on
+//! purpose: CloudWatch's JSON has grown fields over the years and some are null or of odd
+//! types, and a surprising alarm must still reach Slack rather than be refused.
 
-use serde::{Deserialize, Serialize};
-
-use crate::sns::TopicArn;
-
-/// What the gateway keeps of an accepted SNS Notification (everything delivery needs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    pub message_id: String,
-    pub topic_arn: String,
-    pub subject: Option<String>,
-    pub message: String,
-    pub timestamp: String,
-    /// Set on a copy sent to a destination's `fallback` because Slack said the original
-    /// destination is gone: the destination it came from. A fallback is followed one hop
-    /// at most, so two gone webhooks that fall back to each other end as a dead letter
-    /// instead of passing the alarm back and forth. Stored with the message, so the rule
-    /// holds across restarts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_from: Option<String>,
-}
-
-/// A notification as routing and formatting see it.
-#[derive(Debug, Clone)]
-pub struct Notification {
-    pub envelope: Envelope,
-    pub alarm: Option<Alarm>,
-    /// Region code (`us-east-1`), from the alarm ARN or else the topic ARN.
-    pub region: Option<String>,
-    pub account: Option<String>,
-    /// Partition of the topic (`aws`, `aws-cn`, ...), for console links.
-    pub partition: String,
-}
+use serde::Deserialize;
 
 /// A CloudWatch alarm state change (metric, metric-math or composite alarm).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -67,31 +35,6 @@ pub struct Trigger {
     pub dimensions: Vec<(String, String)>,
     /// Metric math: one line per query (`m1: AWS/EC2 CPUUtilization`, `e1: m1*100`).
     pub metrics: Vec<String>,
-}
-
-impl Notification {
-    pub fn from_envelope(envelope: Envelope) -> Notification {
-        let alarm = parse_alarm(&envelope.message);
-        let topic = TopicArn::parse(&envelope.topic_arn);
-        let alarm_arn_region = alarm
-            .as_ref()
-            .and_then(|a| a.arn.as_deref())
-            .and_then(|arn| arn.split(':').nth(3))
-            .filter(|r| !r.is_empty())
-            .map(str::to_string);
-        let region = alarm_arn_region.or_else(|| topic.as_ref().map(|t| t.region.to_string()));
-        let account = alarm
-            .as_ref()
-            .and_then(|a| a.account.clone())
-            .or_else(|| topic.as_ref().map(|t| t.account.to_string()))
-            .filter(|a| !a.is_empty());
-        let partition = topic.as_ref().map(|t| t.partition.to_string()).unwrap_or_else(|| "aws".into());
-        Notification { envelope, alarm, region, account, partition }
-    }
-
-    pub fn state(&self) -> Option<&str> {
-        self.alarm.as_ref().map(|a| a.new_state.as_str())
-    }
 }
 
 /// The alarm inside an SNS Message, when the Message is CloudWatch alarm JSON.
@@ -392,6 +335,7 @@ impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for List<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Envelope, Notification};
     use serde_json::Value;
 
     /// The `Value`-based reading the typed parser replaced, kept as the oracle it must match.

@@ -1,0 +1,197 @@
+//! The door's pipeline for one request: parse, verify, dedup, route, store, hand to
+//! delivery. [`Gateway::handle_sns`] reads top to bottom as the path of one message; every
+//! refusal is an [`IngestError`] whose variant maps to one HTTP status and one metric label.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use crate::config::reload::ConfigHandle;
+use crate::config::Config;
+use crate::dedup::{self, Claim, Dedup, MessageKey};
+use crate::deliver::Deliverer;
+use crate::metrics::Metrics;
+use crate::model::{self, Envelope, Notification};
+use crate::route::Facts;
+use crate::sns::{self, ConfirmError, MessageType, Policy, SnsError, VerifiedMessage, Verifier};
+use crate::store::{Store, StoreError};
+
+/// What happened to an accepted request (all answered 200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Unrouted,
+    SubscriptionConfirmed,
+    SubscriptionNotConfirmed,
+    UnsubscribeSeen,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Unrouted => "unrouted",
+            Outcome::SubscriptionConfirmed => "subscription_confirmed",
+            Outcome::SubscriptionNotConfirmed => "subscription_not_confirmed",
+            Outcome::UnsubscribeSeen => "unsubscribe_confirmation",
+        }
+    }
+}
+
+/// Why a request was refused; [`IngestError::status`] and [`IngestError::label`] are the
+/// single mapping to HTTP status and metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Sns(#[from] SnsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("subscription confirmation failed: {0}")]
+    Confirm(String),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl IngestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::Sns(e) => e.status(),
+            IngestError::Store(_) | IngestError::Confirm(_) | IngestError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            IngestError::Sns(e) => e.label(),
+            IngestError::Store(StoreError::Full(_)) => "store_full",
+            IngestError::Store(_) => "store_unavailable",
+            IngestError::Confirm(_) => "confirm_failed",
+            IngestError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// The assembled pipeline.
+pub struct Gateway {
+    pub(crate) verifier: Verifier,
+    pub(crate) dedup: Dedup,
+    pub(crate) config: Arc<ConfigHandle>,
+    pub(crate) store: Store,
+    pub(crate) deliver: Deliverer,
+    pub(crate) metrics: Metrics,
+    /// False once shutdown starts: new messages get 503 so SNS retries elsewhere or later.
+    pub(crate) accepting: AtomicBool,
+}
+
+impl Gateway {
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// One SNS request, from raw body to answer.
+    pub async fn handle_sns(&self, raw_delivery: bool, body: &[u8]) -> Result<Outcome, IngestError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(IngestError::ShuttingDown);
+        }
+        if raw_delivery {
+            return Err(SnsError::RawDelivery.into());
+        }
+        let message = sns::SnsMessage::parse(body)?;
+        self.metrics.received.get_or_create(&[("type", message.kind.label())]).inc();
+        let config = self.config.get();
+        let allowed = |topic: &str| config.sns.topic_allowed(topic);
+        let policy = Policy { topic_allowed: &allowed, max_age: config.sns.max_age };
+        let verified = self.verifier.verify(message, &policy).await?;
+        match verified.get().kind {
+            MessageType::Notification => self.accept(verified, &config).await,
+            MessageType::SubscriptionConfirmation => self.confirm(verified, &config).await,
+            MessageType::UnsubscribeConfirmation => {
+                self.metrics.unsubscribe_confirmations.inc();
+                tracing::warn!(topic = %verified.get().topic_arn, "UnsubscribeConfirmation: this endpoint was unsubscribed from the topic");
+                Ok(Outcome::UnsubscribeSeen)
+            }
+        }
+    }
+
+    async fn accept(&self, verified: VerifiedMessage, config: &Config) -> Result<Outcome, IngestError> {
+        let m = verified.into_inner();
+        let expires = dedup::expires_at(m.timestamp, config.sns.max_age);
+        let key = MessageKey::of(&m.message_id);
+        if self.dedup.claim(key, expires) == Claim::Duplicate {
+            self.metrics.duplicates.inc();
+            tracing::debug!(message_id = %m.message_id, "duplicate MessageId dropped");
+            return Ok(Outcome::Duplicate);
+        }
+        let message_id = m.message_id.clone();
+        let notification = Notification::from_envelope(Envelope {
+            message_id: m.message_id,
+            topic_arn: m.topic_arn,
+            subject: m.subject,
+            message: m.message,
+            timestamp: m.timestamp_raw,
+            fallback_from: None,
+        });
+        let severity = config.severity.classify(&notification);
+        let decision = config.router.route(&Facts::of(&notification, &severity));
+        for r in &decision.routes {
+            self.metrics.route_matches.get_or_create(&Metrics::named("route", r)).inc();
+        }
+        match self.store.accept(&notification.envelope, decision.destinations, Some((key, expires))).await {
+            Ok(deliveries) if deliveries.is_empty() => {
+                self.metrics.unrouted.inc();
+                let alarm = notification.alarm.as_ref().map_or("", |a| a.name.as_str());
+                match &decision.muted {
+                    Some(route) => {
+                        tracing::info!(message_id = %message_id, alarm = %alarm, route = %route, "notification muted by route")
+                    }
+                    None => tracing::info!(message_id = %message_id, alarm = %alarm, "notification matched no route"),
+                }
+                Ok(Outcome::Unrouted)
+            }
+            Ok(mut deliveries) => {
+                self.metrics.accepted.inc();
+                let alarm = notification.alarm.as_ref().map_or("", |a| a.name.as_str());
+                let routes = decision.routes.join(",");
+                tracing::info!(message_id = %message_id, alarm = %alarm, severity = %severity, routes = %routes, "notification accepted");
+                let prepared = Arc::new(model::Prepared { notification, severity });
+                for d in &mut deliveries {
+                    d.prepared = Some(prepared.clone());
+                }
+                self.deliver.enqueue(deliveries);
+                Ok(Outcome::Accepted)
+            }
+            Err(e) => {
+                // Not stored, so not promised: let SNS's retry be accepted.
+                self.dedup.release(key);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn confirm(&self, verified: VerifiedMessage, config: &Config) -> Result<Outcome, IngestError> {
+        let topic = &verified.get().topic_arn;
+        if !config.sns.auto_confirm {
+            self.metrics.subscriptions.get_or_create(&[("outcome", "auto_confirm_off")]).inc();
+            tracing::warn!(topic = %topic, "SubscriptionConfirmation received; auto_confirm is off, confirm it by hand");
+            return Ok(Outcome::SubscriptionNotConfirmed);
+        }
+        match self.verifier.confirm_subscription(&verified).await {
+            Ok(()) => {
+                self.metrics.subscriptions.get_or_create(&[("outcome", "confirmed")]).inc();
+                tracing::info!(topic = %topic, "subscription confirmed");
+                Ok(Outcome::SubscriptionConfirmed)
+            }
+            Err(ConfirmError::Refused(e)) => Err(e.into()),
+            Err(ConfirmError::Fetch(e)) => {
+                self.metrics.subscriptions.get_or_create(&[("outcome", "failed")]).inc();
+                tracing::error!(topic = %topic, error = %e, "subscription confirmation failed; SNS will resend");
+                Err(IngestError::Confirm(e.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The notification model, shared by every stage: what a verified SNS Notification says
+//! ([`Envelope`]), how routing and formatting see it ([`Notification`], with the CloudWatch
+//! [`Alarm`] inside when there is one), the decision routing made ([`Prepared`]), and the
+//! few helpers all stages use. It imports no stage: stages import it.
+
+pub mod alarm;
+
+use serde::{Deserialize, Serialize};
+
+pub use alarm::{parse_alarm, Alarm, Trigger};
+
+/// What the gateway keeps of an accepted SNS Notification (everything delivery needs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub message_id: String,
+    pub topic_arn: String,
+    pub subject: Option<String>,
+    pub message: String,
+    pub timestamp: String,
+    /// Set on a copy sent to a destination's `fallback` because Slack said the original
+    /// destination is gone: the destination it came from. A fallback is followed one hop
+    /// at most, so two gone webhooks that fall back to each other end as a dead letter
+    /// instead of passing the alarm back and forth. Stored with the message, so the rule
+    /// holds across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<String>,
+}
+
+/// A notification as routing and formatting see it.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub envelope: Envelope,
+    pub alarm: Option<Alarm>,
+    /// Region code (`us-east-1`), from the alarm ARN or else the topic ARN.
+    pub region: Option<String>,
+    pub account: Option<String>,
+    /// Partition of the topic (`aws`, `aws-cn`, ...), for console links.
+    pub partition: String,
+}
+
+/// A notification with the severity routing gave it, shared by its deliveries.
+#[derive(Debug)]
+pub struct Prepared {
+    pub notification: Notification,
+    pub severity: String,
+}
+
+impl Notification {
+    pub fn from_envelope(envelope: Envelope) -> Notification {
+        let alarm = parse_alarm(&envelope.message);
+        let topic = TopicArn::parse(&envelope.topic_arn);
+        let alarm_arn_region = alarm
+            .as_ref()
+            .and_then(|a| a.arn.as_deref())
+            .and_then(|arn| arn.split(':').nth(3))
+            .filter(|r| !r.is_empty())
+            .map(str::to_string);
+        let region = alarm_arn_region.or_else(|| topic.as_ref().map(|t| t.region.to_string()));
+        let account = alarm
+            .as_ref()
+            .and_then(|a| a.account.clone())
+            .or_else(|| topic.as_ref().map(|t| t.account.to_string()))
+            .filter(|a| !a.is_empty());
+        let partition = topic.as_ref().map(|t| t.partition.to_string()).unwrap_or_else(|| "aws".into());
+        Notification { envelope, alarm, region, account, partition }
+    }
+
+    pub fn state(&self) -> Option<&str> {
+        self.alarm.as_ref().map(|a| a.new_state.as_str())
+    }
+}
+
+/// A parsed `arn:<partition>:sns:<region>:<account>:<name>` topic ARN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicArn<'a> {
+    pub partition: &'a str,
+    pub region: &'a str,
+    pub account: &'a str,
+    pub name: &'a str,
+}
+
+impl<'a> TopicArn<'a> {
+    pub fn parse(arn: &'a str) -> Option<TopicArn<'a>> {
+        let mut parts = arn.splitn(6, ':');
+        let (Some("arn"), Some(partition), Some("sns"), Some(region), Some(account), Some(name)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if partition.is_empty() || region.is_empty() || name.is_empty() {
+            return None;
+        }
+        Some(TopicArn { partition, region, account, name })
+    }
+}
+
+/// Cuts attacker-controlled text before it reaches a log line.
+pub fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate("a\nb", 10), "a\\nb");
+    }
+
+    #[test]
+    fn topic_arns() {
+        let t = TopicArn::parse("arn:aws-cn:sns:cn-north-1:123:a:b").unwrap();
+        assert_eq!((t.partition, t.region, t.account, t.name), ("aws-cn", "cn-north-1", "123", "a:b"));
+        assert!(TopicArn::parse("arn:aws:sqs:us-east-1:1:q").is_none());
+        assert!(TopicArn::parse("arn:aws:sns:us-east-1:1").is_none());
+        assert!(TopicArn::parse("").is_none());
+    }
+}

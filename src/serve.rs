@@ -1,0 +1,223 @@
+//! `serve`: assembles the stages into a running gateway (store, dedup memory, delivery
+//! workers, verifier, listeners, reload and shutdown), in the order they must start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::reload::ConfigHandle;
+use crate::config::{self, Config};
+use crate::dedup::Dedup;
+use crate::deliver::{self, Deliverer, HttpClient};
+use crate::ingest::Gateway;
+use crate::metrics::Metrics;
+use crate::server;
+use crate::shutdown::{self, ShutdownTrigger};
+use crate::sns::{self, CertStore, Clock, DevPrefixes, Fetcher, Verifier};
+use crate::store::Store;
+
+/// Everything `serve` can be told.
+#[derive(Clone)]
+pub struct Settings {
+    pub config: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub data_dir: PathBuf,
+    pub sns_cert_dir: Option<PathBuf>,
+    pub dev_url_prefixes: Vec<String>,
+    pub shutdown_timeout: Duration,
+    pub limits: server::Limits,
+    /// Most messages held undelivered before /sns answers 503.
+    pub max_stored: u64,
+    /// Deliveries each destination keeps in memory; the rest wait in the store only.
+    pub queue_cap: usize,
+    /// Test seams: a fetcher trusting a local CA, and an injected clock.
+    pub fetcher: Option<Fetcher>,
+    pub clock: Option<Clock>,
+    pub webhook_timeout: Duration,
+}
+
+impl Settings {
+    pub fn new(config: PathBuf, data_dir: PathBuf) -> Settings {
+        Settings {
+            config,
+            listen: ([0, 0, 0, 0], 8080).into(),
+            admin_listen: ([127, 0, 0, 1], 9090).into(),
+            tls: None,
+            data_dir,
+            sns_cert_dir: None,
+            dev_url_prefixes: Vec::new(),
+            shutdown_timeout: Duration::from_secs(20),
+            limits: server::Limits::default(),
+            max_stored: 200_000,
+            queue_cap: deliver::DEFAULT_QUEUE_CAP,
+            fetcher: None,
+            clock: None,
+            webhook_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A started gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Metrics,
+    trigger: ShutdownTrigger,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts graceful shutdown without waiting (readiness goes false at once).
+    pub fn begin_shutdown(&self) {
+        self.trigger.trigger();
+    }
+
+    /// Starts graceful shutdown and waits for it to complete.
+    pub async fn shutdown(self) {
+        self.trigger.trigger();
+        let _ = self.done.await;
+    }
+
+    /// Waits for SIGTERM/SIGINT, then shuts down.
+    pub async fn until_signal(self) {
+        shutdown::signal().await;
+        tracing::info!("shutdown signal received");
+        self.shutdown().await;
+    }
+}
+
+/// Loads config, opens the store, binds listeners, starts workers; returns once serving.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let metrics = Metrics::new();
+    let (config, warnings) = Config::load(&settings.config).map_err(|e| match e {
+        config::ConfigError::Invalid(problems) => {
+            let lines: Vec<String> = problems.iter().map(|p| format!("{}:{p}", settings.config.display())).collect();
+            anyhow::anyhow!("invalid routes file:\n{}", lines.join("\n"))
+        }
+        e => anyhow::anyhow!(e),
+    })?;
+    for w in warnings {
+        tracing::warn!(path = %settings.config.display(), "{w}");
+    }
+    let config = Arc::new(ConfigHandle::new(config, settings.config.clone(), metrics.clone()));
+    let (trigger, shutdown_rx) = shutdown::channel();
+    let watcher = config::reload::spawn_reloader(config.clone(), shutdown_rx.clone())
+        .map_err(|e| tracing::warn!(error = %e, "cannot watch routes file; reload on SIGHUP only"))
+        .ok();
+
+    let (store, recovered) = Store::open(&settings.data_dir, settings.max_stored, metrics.clone())
+        .with_context(|| format!("opening store in {}", settings.data_dir.display()))?;
+    for aside in &recovered.corrupt {
+        tracing::error!(copy = %aside.display(), "store damage found at start; a copy of the file was set aside");
+    }
+    // Enough for the million-ids target; entries expire on their own schedule.
+    let dedup = Dedup::new(2_000_000);
+    for (key, exp) in recovered.dedup {
+        dedup.remember(key, exp);
+    }
+    let deliver = Deliverer::new(
+        store.clone(),
+        config.clone(),
+        HttpClient::new(settings.webhook_timeout),
+        metrics.clone(),
+        shutdown_rx.clone(),
+        settings.queue_cap.max(1),
+    );
+    tracing::info!(pending = recovered.pending.len(), "resuming pending deliveries");
+    deliver.enqueue(recovered.pending);
+
+    let dev = DevPrefixes::new(&settings.dev_url_prefixes);
+    if !dev.is_empty() {
+        tracing::warn!(prefixes = ?settings.dev_url_prefixes, "--sns-dev-url-prefix set: URLs under these prefixes are trusted without the SNS host check; never use this in production");
+    }
+    let fetcher = settings.fetcher.clone().unwrap_or_else(|| Fetcher::new(Duration::from_secs(5)));
+    let certs = CertStore::new(settings.sns_cert_dir.clone(), fetcher.clone(), metrics.clone());
+    let clock = settings.clock.clone().unwrap_or_else(sns::system_clock);
+    let verifier = Verifier::new(certs, fetcher, dev, clock, metrics.clone());
+    let gateway = Arc::new(Gateway {
+        verifier,
+        dedup,
+        config: config.clone(),
+        store: store.clone(),
+        deliver: deliver.clone(),
+        metrics: metrics.clone(),
+        accepting: AtomicBool::new(true),
+    });
+
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(server::tls::acceptor(cert, key)?),
+        None => None,
+    };
+    let public =
+        tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+    let admin = tokio::net::TcpListener::bind(settings.admin_listen)
+        .await
+        .with_context(|| format!("binding admin {}", settings.admin_listen))?;
+    let addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let ready = Arc::new(AtomicBool::new(true));
+    // The admin listener outlives the drain: probes should see "not ready" (not a refused
+    // connection) and the last metrics stay scrapeable until the process is done.
+    let (admin_stop, admin_stopped) = shutdown::channel();
+    tokio::spawn(server::serve_admin(admin, metrics.clone(), ready.clone(), admin_stopped));
+
+    // Dead letters queued for replay by the command line: taken in now and every second.
+    {
+        let store = store.clone();
+        let deliver = deliver.clone();
+        let mut shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let replayed = store.take_replays().await;
+                deliver.enqueue(replayed);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.recv() => return,
+                }
+            }
+        });
+    }
+
+    // Gauges that are cheaper to sample on each scrape than to keep exact on every request.
+    {
+        let gateway = Arc::downgrade(&gateway);
+        metrics.sample_on_scrape(move |m| {
+            let Some(gateway) = gateway.upgrade() else { return };
+            m.dedup_entries.set(gateway.dedup.len() as i64);
+            let now = deliver::now_ms();
+            for (destination, oldest) in gateway.deliver.oldest_pending() {
+                let age = oldest.map(|t| now.saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
+                m.oldest_pending_seconds.get_or_create(&Metrics::named("destination", &destination)).set(age);
+            }
+        });
+    }
+
+    let limits = settings.limits;
+    let grace = settings.shutdown_timeout;
+    let public_task =
+        tokio::spawn(server::serve_public(public, tls, gateway.clone(), limits, shutdown_rx.clone(), grace));
+    let mut on_shutdown = shutdown_rx;
+    let done = tokio::spawn(async move {
+        on_shutdown.recv().await;
+        let started = std::time::Instant::now();
+        ready.store(false, Ordering::SeqCst);
+        gateway.accepting.store(false, Ordering::SeqCst);
+        let _ = public_task.await;
+        let left = grace.saturating_sub(started.elapsed());
+        if !deliver.wait_stopped(left).await {
+            tracing::warn!("delivery workers did not stop within the shutdown timeout");
+        }
+        store.close().await;
+        drop(watcher);
+        admin_stop.trigger();
+        tracing::info!(pending = deliver.pending(), "shut down; pending deliveries stay on disk");
+    });
+    tracing::info!(%addr, %admin_addr, tls = settings.tls.is_some(), "webhook-relay serving");
+    Ok(Running { addr, admin_addr, metrics, trigger, done })
+}
