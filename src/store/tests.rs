@@ -1,0 +1,216 @@
+//! The local log against its own files: reopen, compaction, damage, wide records.
+
+use super::files::segment_name;
+use super::*;
+use std::time::Instant;
+
+fn envelope(id: &str) -> Envelope {
+    Envelope {
+        message_id: id.into(),
+        topic_arn: "arn:aws:sns:us-east-1:1:t".into(),
+        subject: None,
+        message: "m".into(),
+        timestamp: "2026-01-01T00:00:00Z".into(),
+        fallback_from: None,
+    }
+}
+
+#[tokio::test]
+async fn partial_finish_survives_reopen_and_last_finish_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = Store::open(dir.path(), 100, Metrics::new()).unwrap();
+    assert!(rec.pending.is_empty());
+    let key = MessageKey::of("m1");
+    let d = store.accept(&envelope("m1"), vec!["a".into(), "b".into()], Some((key, u64::MAX))).await.unwrap();
+    assert_eq!(d.len(), 2);
+    store.accept(&envelope("m2"), vec!["a".into()], None).await.unwrap();
+    store.finish("a", d[0].seq).await;
+    store.finish("a", d[0].seq).await; // repeated: must not finish "b" too
+    store.close().await;
+    drop(store);
+
+    let (store, rec) = Store::open(dir.path(), 100, Metrics::new()).unwrap();
+    let pending: Vec<(String, u64)> = rec.pending.iter().map(|p| (p.destination.clone(), p.seq)).collect();
+    assert_eq!(pending, vec![("b".to_string(), d[0].seq), ("a".to_string(), d[0].seq + 1)]);
+    assert_eq!(rec.dedup, vec![(key, u64::MAX)]);
+    assert_eq!(store.load(d[0].seq).unwrap().unwrap().envelope.message_id, "m1");
+    store.finish("b", d[0].seq).await;
+    store.flush().await;
+    assert!(store.load(d[0].seq).unwrap().is_none(), "fully delivered message still stored");
+    store.close().await;
+}
+
+fn files(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir.join(QUEUE_DIR))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .count()
+}
+
+#[tokio::test]
+async fn compaction_carries_pending_messages_and_remembered_ids_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let (store, _) = Store::open_with(dir.path(), 1000, metrics.clone(), 1024).unwrap();
+    let mut seqs = Vec::new();
+    for i in 0..60 {
+        let id = format!("c{i}");
+        let key = (MessageKey::of(&id), u64::MAX);
+        let d = store.accept(&envelope(&id), vec!["a".into(), "b".into()], Some(key)).await.unwrap();
+        seqs.push(d[0].seq);
+    }
+    // Unrouted: only the id is recorded.
+    store.accept(&envelope("unrouted"), vec![], Some((MessageKey::of("unrouted"), u64::MAX))).await.unwrap();
+    // Everything done except: seqs[3] waits for both, seqs[10] for "b" only.
+    for (i, seq) in seqs.iter().enumerate() {
+        if i != 3 {
+            store.finish("a", *seq).await;
+        }
+        if i != 3 && i != 10 {
+            store.finish("b", *seq).await;
+        }
+    }
+    store.flush().await;
+    let created = lock(&store.inner.index).active;
+    assert!(created > 10, "test needs many segments, got {created}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files(dir.path(), ".seg") > 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(files(dir.path(), ".seg") <= 2, "segments not reclaimed: {} left", files(dir.path(), ".seg"));
+    assert!(metrics.store_compactions.get() >= 10);
+    assert_eq!(files(dir.path(), ".log"), 1, "remembered ids were not carried into a keys file");
+    // Carried records are readable where they now are.
+    assert_eq!(store.load(seqs[3]).unwrap().unwrap().envelope.message_id, "c3");
+    assert_eq!(store.load(seqs[10]).unwrap().unwrap().envelope.message_id, "c10");
+    assert!(store.load(seqs[4]).unwrap().is_none());
+    store.close().await;
+    drop(store);
+
+    let (store, rec) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
+    let mut pending: Vec<(u64, String)> = rec.pending.iter().map(|p| (p.seq, p.destination.clone())).collect();
+    pending.sort();
+    let mut want = vec![(seqs[3], "a".to_string()), (seqs[3], "b".to_string()), (seqs[10], "b".to_string())];
+    want.sort();
+    assert_eq!(pending, want);
+    let keys: std::collections::HashSet<MessageKey> = rec.dedup.iter().map(|(k, _)| *k).collect();
+    for i in 0..60 {
+        assert!(keys.contains(&MessageKey::of(&format!("c{i}"))), "id c{i} forgotten");
+    }
+    assert!(keys.contains(&MessageKey::of("unrouted")));
+    // New seqs never reuse old ones (dead letter ids are built from them).
+    let d = store.accept(&envelope("new"), vec!["a".into()], None).await.unwrap();
+    assert!(d[0].seq > *seqs.last().unwrap());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn expired_ids_are_not_kept_and_a_second_opener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
+    assert!(matches!(Store::open(dir.path(), 1000, Metrics::new()), Err(StoreError::Io(e)) if e.contains("in use")));
+    for i in 0..30 {
+        let id = format!("e{i}");
+        let d = store.accept(&envelope(&id), vec!["a".into()], Some((MessageKey::of(&id), 1))).await.unwrap();
+        store.finish("a", d[0].seq).await;
+    }
+    store.flush().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files(dir.path(), ".seg") > 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(files(dir.path(), ".seg") <= 2);
+    assert_eq!(files(dir.path(), ".log"), 0, "expired ids need no keys file");
+    store.close().await;
+    drop(store);
+    let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+    assert!(rec.pending.is_empty() && rec.dedup.is_empty());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn damage_is_cut_off_and_the_part_before_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+    let mut seqs = Vec::new();
+    for i in 0..10 {
+        seqs.push(store.accept(&envelope(&format!("d{i}")), vec!["a".into()], None).await.unwrap()[0].seq);
+    }
+    store.close().await;
+    drop(store);
+    let seg = dir.path().join(QUEUE_DIR).join(segment_name(1));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Flip a byte in the 8th message's record: messages 0..7 survive.
+    let (at, _) = {
+        let (store, _) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+        let index = lock(&store.inner.index);
+        let l = &index.live[&seqs[7]];
+        (l.offset as usize + 20, store.inner.stop.load(Ordering::Relaxed))
+    };
+    bytes[at] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+    let got: Vec<u64> = rec.pending.iter().map(|p| p.seq).collect();
+    assert_eq!(got, seqs[..7].to_vec());
+    assert_eq!(rec.corrupt.len(), 1);
+    assert!(std::fs::metadata(&rec.corrupt[0]).unwrap().len() == bytes.len() as u64, "copy is the whole file");
+    // Appends continue after the cut.
+    let d = store.accept(&envelope("after"), vec!["a".into()], None).await.unwrap();
+    store.close().await;
+    drop(store);
+    let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+    assert_eq!(rec.pending.last().unwrap().seq, d[0].seq);
+    assert!(rec.corrupt.is_empty());
+    assert_eq!(store.load(d[0].seq).unwrap().unwrap().envelope.message_id, "after");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_message_for_more_destinations_than_a_record_holds_is_split_and_each_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+    let names: Vec<String> = (0..70).map(|i| format!("d{i}")).collect();
+    let d = store.accept(&envelope("wide"), names.clone(), Some((MessageKey::of("wide"), u64::MAX))).await.unwrap();
+    assert_eq!(d.iter().map(|d| d.destination.clone()).collect::<Vec<_>>(), names);
+    let seqs: std::collections::BTreeSet<u64> = d.iter().map(|d| d.seq).collect();
+    assert_eq!(seqs.len(), 3, "70 destinations need three records of at most 32");
+    store.finish("d40", d[40].seq).await;
+    store.close().await;
+    drop(store);
+    let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+    let mut pending: Vec<String> = rec.pending.iter().map(|p| p.destination.clone()).collect();
+    pending.sort();
+    let mut want: Vec<String> = names.into_iter().filter(|n| n != "d40").collect();
+    want.sort();
+    assert_eq!(pending, want);
+    assert_eq!(rec.dedup.len(), 1, "the MessageId is recorded once");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_long_pending_oldest_segment_does_not_pin_the_garbage_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
+    let mut stuck = Vec::new();
+    for i in 0..8 {
+        stuck.push(store.accept(&envelope(&format!("s{i}")), vec!["down".into()], None).await.unwrap()[0].seq);
+    }
+    for i in 0..200 {
+        let d = store.accept(&envelope(&format!("g{i}")), vec!["up".into()], None).await.unwrap();
+        store.finish("up", d[0].seq).await;
+    }
+    store.flush().await;
+    // The bound: garbage at most three times what is pending, plus four segments.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files(dir.path(), ".seg") > 12 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(files(dir.path(), ".seg") <= 12, "{} segments left", files(dir.path(), ".seg"));
+    store.close().await;
+    drop(store);
+    let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
+    assert_eq!(rec.pending.iter().map(|p| p.seq).collect::<Vec<_>>(), stuck);
+    assert_eq!(store.load(stuck[7]).unwrap().unwrap().envelope.message_id, "s7");
+    store.close().await;
+}
