@@ -137,7 +137,13 @@ fn durable_accept(c: &mut Criterion) {
                             let (store, envelope, next) = (store.clone(), envelope.clone(), next.clone());
                             tokio::spawn(async move {
                                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < iters {
-                                    store.accept(&envelope, vec!["a".into()], None).await.unwrap();
+                                    let new = webhook_relay::queue::NewMessage {
+                                        envelope: &envelope,
+                                        severity: "warning",
+                                        destinations: vec!["a".into()],
+                                        dedup: None,
+                                    };
+                                    webhook_relay::queue::Queue::accept(&store, new).await.unwrap();
                                 }
                             })
                         })
@@ -149,7 +155,7 @@ fn durable_accept(c: &mut Criterion) {
                 })
             })
         });
-        rt.block_on(store.close());
+        rt.block_on(webhook_relay::queue::Queue::close(&store));
     }
     group.finish();
 }

@@ -130,6 +130,12 @@ impl Dedup {
         }
     }
 
+    /// Whether `key` is remembered and unexpired.
+    pub fn contains(&self, key: MessageKey) -> bool {
+        let now = secs32(unix_now());
+        self.shard(key).map.get(&key.0).is_some_and(|&exp| exp > now)
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0)).sum()
     }

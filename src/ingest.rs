@@ -9,13 +9,13 @@ use http::StatusCode;
 
 use crate::config::reload::ConfigHandle;
 use crate::config::Config;
-use crate::dedup::{self, Claim, Dedup, MessageKey};
+use crate::dedup::{self, MessageKey};
 use crate::deliver::Deliverer;
 use crate::metrics::Metrics;
-use crate::model::{self, Envelope, Notification};
-use crate::route::Facts;
+use crate::model::Envelope;
+use crate::queue::{Accepted, NewMessage, Queue, QueueError};
+use crate::route;
 use crate::sns::{self, ConfirmError, MessageType, Policy, SnsError, VerifiedMessage, Verifier};
-use crate::store::{Store, StoreError};
 
 /// What happened to an accepted request (all answered 200).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub enum IngestError {
     #[error(transparent)]
     Sns(#[from] SnsError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Queue(#[from] QueueError),
     #[error("subscription confirmation failed: {0}")]
     Confirm(String),
     #[error("shutting down")]
@@ -59,7 +59,7 @@ impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
             IngestError::Sns(e) => e.status(),
-            IngestError::Store(_) | IngestError::Confirm(_) | IngestError::ShuttingDown => {
+            IngestError::Queue(_) | IngestError::Confirm(_) | IngestError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -68,8 +68,8 @@ impl IngestError {
     pub fn label(&self) -> &'static str {
         match self {
             IngestError::Sns(e) => e.label(),
-            IngestError::Store(StoreError::Full(_)) => "store_full",
-            IngestError::Store(_) => "store_unavailable",
+            IngestError::Queue(QueueError::Full(_)) => "store_full",
+            IngestError::Queue(_) => "store_unavailable",
             IngestError::Confirm(_) => "confirm_failed",
             IngestError::ShuttingDown => "shutting_down",
         }
@@ -79,9 +79,8 @@ impl IngestError {
 /// The assembled pipeline.
 pub struct Gateway {
     pub(crate) verifier: Verifier,
-    pub(crate) dedup: Dedup,
     pub(crate) config: Arc<ConfigHandle>,
-    pub(crate) store: Store,
+    pub(crate) queue: Arc<dyn Queue>,
     pub(crate) deliver: Deliverer,
     pub(crate) metrics: Metrics,
     /// False once shutdown starts: new messages get 503 so SNS retries elsewhere or later.
@@ -122,55 +121,55 @@ impl Gateway {
         let m = verified.into_inner();
         let expires = dedup::expires_at(m.timestamp, config.sns.max_age);
         let key = MessageKey::of(&m.message_id);
-        if self.dedup.claim(key, expires) == Claim::Duplicate {
-            self.metrics.duplicates.inc();
-            tracing::debug!(message_id = %m.message_id, "duplicate MessageId dropped");
-            return Ok(Outcome::Duplicate);
-        }
-        let message_id = m.message_id.clone();
-        let notification = Notification::from_envelope(Envelope {
+        let envelope = Envelope {
             message_id: m.message_id,
             topic_arn: m.topic_arn,
             subject: m.subject,
             message: m.message,
             timestamp: m.timestamp_raw,
             fallback_from: None,
-        });
-        let severity = config.severity.classify(&notification);
-        let decision = config.router.route(&Facts::of(&notification, &severity));
+        };
+        let (prepared, decision) = route::decide(&config.severity, &config.router, envelope);
+        let new = NewMessage {
+            envelope: &prepared.notification.envelope,
+            severity: &prepared.severity,
+            destinations: decision.destinations,
+            dedup: Some((key, expires)),
+        };
+        let deliveries = match self.queue.accept(new).await? {
+            Accepted::Duplicate => {
+                self.metrics.duplicates.inc();
+                tracing::debug!(message_id = %prepared.notification.envelope.message_id, "duplicate MessageId dropped");
+                return Ok(Outcome::Duplicate);
+            }
+            Accepted::Stored(deliveries) => deliveries,
+        };
         for r in &decision.routes {
             self.metrics.route_matches.get_or_create(&Metrics::named("route", r)).inc();
         }
-        match self.store.accept(&notification.envelope, decision.destinations, Some((key, expires))).await {
-            Ok(deliveries) if deliveries.is_empty() => {
-                self.metrics.unrouted.inc();
-                let alarm = notification.alarm.as_ref().map_or("", |a| a.name.as_str());
-                match &decision.muted {
-                    Some(route) => {
-                        tracing::info!(message_id = %message_id, alarm = %alarm, route = %route, "notification muted by route")
-                    }
-                    None => tracing::info!(message_id = %message_id, alarm = %alarm, "notification matched no route"),
+        let n = &prepared.notification;
+        let alarm = n.alarm.as_ref().map_or("", |a| a.name.as_str());
+        let message_id = &n.envelope.message_id;
+        if deliveries.is_empty() {
+            self.metrics.unrouted.inc();
+            match &decision.muted {
+                Some(route) => {
+                    tracing::info!(message_id = %message_id, alarm = %alarm, route = %route, "notification muted by route")
                 }
-                Ok(Outcome::Unrouted)
+                None => tracing::info!(message_id = %message_id, alarm = %alarm, "notification matched no route"),
             }
-            Ok(mut deliveries) => {
-                self.metrics.accepted.inc();
-                let alarm = notification.alarm.as_ref().map_or("", |a| a.name.as_str());
-                let routes = decision.routes.join(",");
-                tracing::info!(message_id = %message_id, alarm = %alarm, severity = %severity, routes = %routes, "notification accepted");
-                let prepared = Arc::new(model::Prepared { notification, severity });
-                for d in &mut deliveries {
-                    d.prepared = Some(prepared.clone());
-                }
-                self.deliver.enqueue(deliveries);
-                Ok(Outcome::Accepted)
-            }
-            Err(e) => {
-                // Not stored, so not promised: let SNS's retry be accepted.
-                self.dedup.release(key);
-                Err(e.into())
-            }
+            return Ok(Outcome::Unrouted);
         }
+        self.metrics.accepted.inc();
+        let routes = decision.routes.join(",");
+        tracing::info!(message_id = %message_id, alarm = %alarm, severity = %prepared.severity, routes = %routes, "notification accepted");
+        let prepared = Arc::new(prepared);
+        let mut deliveries = deliveries;
+        for d in &mut deliveries {
+            d.prepared = Some(prepared.clone());
+        }
+        self.deliver.enqueue(deliveries);
+        Ok(Outcome::Accepted)
     }
 
     async fn confirm(&self, verified: VerifiedMessage, config: &Config) -> Result<Outcome, IngestError> {

@@ -19,6 +19,7 @@ pub mod deliver;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod queue;
 pub mod route;
 pub mod serve;
 pub mod server;

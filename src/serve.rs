@@ -11,10 +11,10 @@ use anyhow::Context;
 
 use crate::config::reload::ConfigHandle;
 use crate::config::{self, Config};
-use crate::dedup::Dedup;
-use crate::deliver::{self, Deliverer, HttpClient};
+use crate::deliver::{self, slack, Deliverer, HttpClient, Sinks};
 use crate::ingest::Gateway;
 use crate::metrics::Metrics;
+use crate::queue::Queue;
 use crate::server;
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::sns::{self, CertStore, Clock, DevPrefixes, Fetcher, Verifier};
@@ -39,6 +39,8 @@ pub struct Settings {
     /// Test seams: a fetcher trusting a local CA, and an injected clock.
     pub fetcher: Option<Fetcher>,
     pub clock: Option<Clock>,
+    /// Test seam: the sinks destinations deliver through (default: Slack webhooks).
+    pub sinks: Option<Sinks>,
     pub webhook_timeout: Duration,
 }
 
@@ -58,6 +60,7 @@ impl Settings {
             queue_cap: deliver::DEFAULT_QUEUE_CAP,
             fetcher: None,
             clock: None,
+            sinks: None,
             webhook_timeout: Duration::from_secs(10),
         }
     }
@@ -116,15 +119,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     for aside in &recovered.corrupt {
         tracing::error!(copy = %aside.display(), "store damage found at start; a copy of the file was set aside");
     }
-    // Enough for the million-ids target; entries expire on their own schedule.
-    let dedup = Dedup::new(2_000_000);
-    for (key, exp) in recovered.dedup {
-        dedup.remember(key, exp);
-    }
+    let queue: Arc<dyn Queue> = Arc::new(store);
+    let sinks = settings
+        .sinks
+        .clone()
+        .unwrap_or_else(|| Sinks { webhook: Arc::new(slack::Webhook::new(HttpClient::new(settings.webhook_timeout))) });
     let deliver = Deliverer::new(
-        store.clone(),
+        queue.clone(),
         config.clone(),
-        HttpClient::new(settings.webhook_timeout),
+        sinks,
         metrics.clone(),
         shutdown_rx.clone(),
         settings.queue_cap.max(1),
@@ -142,9 +145,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let verifier = Verifier::new(certs, fetcher, dev, clock, metrics.clone());
     let gateway = Arc::new(Gateway {
         verifier,
-        dedup,
         config: config.clone(),
-        store: store.clone(),
+        queue: queue.clone(),
         deliver: deliver.clone(),
         metrics: metrics.clone(),
         accepting: AtomicBool::new(true),
@@ -168,28 +170,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     tokio::spawn(server::serve_admin(admin, metrics.clone(), ready.clone(), admin_stopped));
 
     // Dead letters queued for replay by the command line: taken in now and every second.
-    {
-        let store = store.clone();
-        let deliver = deliver.clone();
-        let mut shutdown = shutdown_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let replayed = store.take_replays().await;
-                deliver.enqueue(replayed);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.recv() => return,
-                }
-            }
-        });
-    }
+    deliver.spawn_replay_intake();
 
     // Gauges that are cheaper to sample on each scrape than to keep exact on every request.
     {
         let gateway = Arc::downgrade(&gateway);
         metrics.sample_on_scrape(move |m| {
             let Some(gateway) = gateway.upgrade() else { return };
-            m.dedup_entries.set(gateway.dedup.len() as i64);
+            m.dedup_entries.set(gateway.queue.remembered_ids() as i64);
             let now = deliver::now_ms();
             for (destination, oldest) in gateway.deliver.oldest_pending() {
                 let age = oldest.map(|t| now.saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
@@ -213,7 +201,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         if !deliver.wait_stopped(left).await {
             tracing::warn!("delivery workers did not stop within the shutdown timeout");
         }
-        store.close().await;
+        queue.close().await;
         drop(watcher);
         admin_stop.trigger();
         tracing::info!(pending = deliver.pending(), "shut down; pending deliveries stay on disk");

@@ -166,7 +166,7 @@ fn dead_letter_commands_on_a_real_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let dl = webhook_relay::store::DeadLetters::new(dir.path());
     for i in 0..2 {
-        dl.write(&webhook_relay::store::DeadLetter {
+        dl.write(&webhook_relay::queue::DeadLetter {
             id: format!("{i}-ops"),
             destination: "ops".into(),
             reason: "HTTP 400 invalid_payload".into(),
@@ -181,6 +181,7 @@ fn dead_letter_commands_on_a_real_data_dir() {
                 timestamp: "2026-01-01T00:00:00Z".into(),
                 fallback_from: None,
             },
+            severity: None,
         })
         .unwrap();
     }

@@ -5,8 +5,7 @@ use std::path::Path;
 
 use crate::config::{Config, Secrets};
 use crate::deliver::slack;
-use crate::model::{Envelope, Notification};
-use crate::route::Facts;
+use crate::model::Envelope;
 
 pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn std::io::Write) -> i32 {
     // Secrets may be absent: route-test sends nothing.
@@ -34,9 +33,8 @@ pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn
     if let Some(refusal) = door_refusal(&config, &envelope, &text) {
         let _ = writeln!(out, "refused at the door: {refusal} (SNS would get 403; nothing below would happen)");
     }
-    let n = Notification::from_envelope(envelope);
-    let severity = config.severity.classify(&n);
-    let decision = config.router.route(&Facts::of(&n, &severity));
+    let (prepared, decision) = crate::route::decide(&config.severity, &config.router, envelope);
+    let (n, severity) = (&prepared.notification, &prepared.severity);
     let _ = writeln!(out, "severity: {severity}");
     match &n.alarm {
         Some(a) => {
@@ -66,8 +64,8 @@ pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn
     if payload {
         for name in &decision.destinations {
             let Some(dest) = config.destinations.get(name) else { continue };
-            let style = crate::deliver::style(dest, &n, &severity);
-            let r = slack::render(&n, &severity, &style, slack::History::default());
+            let style = slack::style(dest, n, severity);
+            let r = slack::render(n, severity, &style, slack::History::default());
             let _ = writeln!(out, "\n--- {name} ---");
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&r.payload).unwrap_or_default());
             for note in &r.truncated {

@@ -15,7 +15,7 @@ use crate::config::Secret;
 
 /// What a webhook answered.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub struct Response {
     pub status: u16,
     /// First bytes of the body: Slack's error word (`no_service`, `invalid_payload`).
     pub body: String,
@@ -66,7 +66,7 @@ impl HttpClient {
         HttpClient { client, timeout }
     }
 
-    pub async fn post_json(&self, url: &Secret, body: Bytes) -> Result<Answer, PostError> {
+    pub async fn post_json(&self, url: &Secret, body: Bytes) -> Result<Response, PostError> {
         let uri: http::Uri = url.expose().parse().map_err(|_| PostError::BadUrl)?;
         let request = http::Request::post(uri)
             .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
@@ -92,7 +92,7 @@ impl HttpClient {
                 .await
                 .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
                 .unwrap_or_default();
-            Ok(Answer { status, body, retry_after })
+            Ok(Response { status, body, retry_after })
         };
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| PostError::Timeout)?
     }

@@ -1,13 +1,20 @@
-//! What Slack receives. A top-level `text` (what mobile notifications show: alarm name and
+//! Slack incoming webhooks: the sink, which answers mean what, and what Slack receives.
+//! A top-level `text` (what mobile notifications show: alarm name and
 //! the state word as CloudWatch spells it) and one attachment coloured by state holding
 //! Block Kit blocks. Every string is escaped for Slack (`&`, `<`, `>`) and cut to Block
 //! Kit's limits on a character boundary: a long alarm is shortened, never refused.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::model::{Alarm, Notification, Prepared};
+use super::client::{HttpClient, PostError, Response};
+pub use super::history::History;
+use super::sink::{Answer, Item, Sink, Verdict};
+use crate::config::Destination;
+use crate::model::{truncate, Alarm, Notification, Prepared};
 
 /// Block Kit limits we stay inside.
 pub const MAX_SECTION: usize = 3000;
@@ -25,15 +32,6 @@ pub struct Style {
     pub mention: Option<&'static str>,
 }
 
-/// What the worker knows of a notification's place in its alarm's history.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct History {
-    /// How long the alarm was in ALARM, for an OK.
-    pub lasted: Option<Duration>,
-    /// SNS delivered it after a newer state change of the same alarm was already posted.
-    pub late: bool,
-}
-
 const LATE_TEXT: &str = ":hourglass: Late: ";
 const LATE_NOTE: &str = " _(arrived late: a newer state change of this alarm was already posted)_";
 
@@ -42,6 +40,93 @@ const LATE_NOTE: &str = " _(arrived late: a newer state change of this alarm was
 pub struct Rendered {
     pub payload: Value,
     pub truncated: Vec<String>,
+}
+
+/// When Slack sends 429 without Retry-After.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The incoming-webhook sink: one JSON POST to the destination's URL.
+pub struct Webhook {
+    client: HttpClient,
+}
+
+impl Webhook {
+    pub fn new(client: HttpClient) -> Webhook {
+        Webhook { client }
+    }
+}
+
+#[async_trait]
+impl Sink for Webhook {
+    async fn send(&self, dest: &Destination, items: &[Item]) -> Answer {
+        let rendered = match items {
+            [one] => {
+                let p = &one.prepared;
+                render(&p.notification, &p.severity, &style(dest, &p.notification, &p.severity), one.history)
+            }
+            _ => {
+                let digest: Vec<_> = items.iter().map(|i| (i.prepared.clone(), i.history)).collect();
+                render_digest(&digest)
+            }
+        };
+        let body = match serde_json::to_vec(&rendered.payload) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return Answer { verdict: Verdict::Refused, outcome: "rejected", detail: e.to_string() },
+        };
+        judge(&self.client.post_json(&dest.url, body).await)
+    }
+}
+
+/// Slack answers that mean the webhook itself is gone, not this message.
+fn webhook_gone(a: &Response) -> bool {
+    let body = a.body.trim();
+    matches!(
+        (a.status, body),
+        (404, "no_service" | "channel_not_found" | "no_team")
+            | (410, "channel_is_archived")
+            | (403, "action_prohibited" | "invalid_token" | "team_disabled")
+    ) || (a.status == 410)
+}
+
+/// Slack's webhook failure table (README.md, "Delivery and failures").
+pub fn judge(result: &Result<Response, PostError>) -> Answer {
+    let (verdict, outcome) = match result {
+        Ok(a) if (200..300).contains(&a.status) => (Verdict::Done, "ok"),
+        Ok(a) if a.status == 429 => (
+            Verdict::RetryAfter(a.retry_after.unwrap_or(DEFAULT_RETRY_AFTER).max(Duration::from_millis(1))),
+            "rate_limited",
+        ),
+        Ok(a) if a.status >= 500 => (Verdict::Retry, "server_error"),
+        Ok(a) if a.status == 408 => (Verdict::Retry, "rejected"),
+        Ok(a) if webhook_gone(a) => (Verdict::Gone, "rejected"),
+        Ok(_) => (Verdict::Refused, "rejected"),
+        Err(PostError::BadUrl) => (Verdict::Refused, "connection_error"),
+        Err(PostError::Timeout) => (Verdict::Retry, "timeout"),
+        Err(_) => (Verdict::Retry, "connection_error"),
+    };
+    let detail = match result {
+        Ok(a) => format!("HTTP {} {}", a.status, truncate(a.body.trim(), 100)),
+        Err(e) => e.to_string(),
+    };
+    Answer { verdict, outcome, detail }
+}
+
+/// How a destination dresses one notification. Mentions page people, so they fire only on
+/// the alarm states the destination names (`mention_states`, default ALARM): an OK or a
+/// non-alarm notification of a critical severity must not wake the channel.
+pub fn style(dest: &Destination, n: &Notification, severity: &str) -> Style {
+    let state = n.alarm.as_ref().map(|a| a.new_state.as_str());
+    if !state.is_some_and(|st| dest.mention_states.iter().any(|m| m == st)) {
+        return Style { mention: None };
+    }
+    let mention = if dest.mention_channel.iter().any(|s| s == severity) {
+        Some("<!channel>")
+    } else if dest.mention_here.iter().any(|s| s == severity) {
+        Some("<!here>")
+    } else {
+        None
+    };
+    Style { mention }
 }
 
 /// Escapes the three characters Slack's mrkdwn treats as control characters.
@@ -289,6 +374,30 @@ pub fn render_digest(items: &[(std::sync::Arc<Prepared>, History)]) -> Rendered 
 mod tests {
     use super::*;
     use crate::model::Envelope;
+
+    fn answer(status: u16, body: &str) -> Result<Response, PostError> {
+        Ok(Response { status, body: body.into(), retry_after: None })
+    }
+
+    #[test]
+    fn failure_table() {
+        let v = |r: &Result<Response, PostError>| judge(r).verdict;
+        assert_eq!(v(&answer(200, "ok")), Verdict::Done);
+        assert_eq!(v(&answer(204, "")), Verdict::Done);
+        assert_eq!(v(&answer(429, "")), Verdict::RetryAfter(DEFAULT_RETRY_AFTER));
+        let with = Ok(Response { status: 429, body: String::new(), retry_after: Some(Duration::from_secs(9)) });
+        assert_eq!(v(&with), Verdict::RetryAfter(Duration::from_secs(9)));
+        assert_eq!(v(&answer(500, "")), Verdict::Retry);
+        assert_eq!(v(&answer(503, "")), Verdict::Retry);
+        assert_eq!(v(&Err(PostError::Timeout)), Verdict::Retry);
+        assert_eq!(v(&Err(PostError::Connect)), Verdict::Retry);
+        assert_eq!(v(&answer(400, "invalid_payload")), Verdict::Refused);
+        assert_eq!(v(&answer(404, "no_service")), Verdict::Gone);
+        assert_eq!(v(&answer(410, "channel_is_archived")), Verdict::Gone);
+        assert_eq!(v(&answer(403, "invalid_token")), Verdict::Gone);
+        assert_eq!(v(&answer(403, "something_else")), Verdict::Refused);
+        assert_eq!(judge(&answer(400, "invalid_payload")).detail, "HTTP 400 invalid_payload");
+    }
 
     fn notification(message: &str, subject: Option<&str>) -> Notification {
         Notification::from_envelope(Envelope {

@@ -7,7 +7,20 @@ pub mod severity;
 
 use matcher::{FieldIndex, FieldIndexBuilder, FieldPatterns};
 
-use crate::model::Notification;
+use crate::model::{Envelope, Notification, Prepared};
+use severity::SeverityRules;
+
+/// From envelope to decision, in one place for the door, `route-test` and replays: parse
+/// the notification (and the alarm inside), classify its severity, route it. The door
+/// stores the severity and destinations it decided with the message: that decision is the
+/// record, so a message read back after a restart or a routes.toml change is delivered as
+/// it was accepted.
+pub fn decide(severity: &SeverityRules, router: &Router, envelope: Envelope) -> (Prepared, Decision) {
+    let notification = Notification::from_envelope(envelope);
+    let severity = severity.classify(&notification);
+    let decision = router.route(&Facts::of(&notification, &severity));
+    (Prepared { notification, severity }, decision)
+}
 
 /// The notification fields a route can match on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,9 +13,10 @@ use super::files::{create_log_file, keys_name, KeysFile};
 use super::index::{lock, Index};
 use super::log::{self, Frame, Reader, Step};
 use super::writer::Op;
-use super::{io_err, StoreError, COMPACT_EVERY, KEYS_FILE_BYTES};
+use super::{io_err, COMPACT_EVERY, KEYS_FILE_BYTES};
 use crate::dedup::MessageKey;
 use crate::metrics::Metrics;
+use crate::queue::QueueError;
 
 /// Reclaims space, oldest segment first (see the module doc).
 pub(super) struct Compactor {
@@ -58,7 +59,7 @@ impl Compactor {
     /// (deliveries go in order, so the oldest soon empties: copying its live half forward
     /// would be wasted work), or when three quarters of the whole log is garbage (a
     /// long-pending oldest segment must not pin everything after it). True if it did.
-    pub(super) fn step(&mut self) -> Result<bool, StoreError> {
+    pub(super) fn step(&mut self) -> Result<bool, QueueError> {
         let now = crate::dedup::unix_now();
         let (id, path, scan) = {
             let index = lock(&self.index);
@@ -114,13 +115,15 @@ impl Compactor {
 
     /// Has the writer append these records again (those still pending); with `last`, it
     /// then deletes the segment. Returns once that is on disk.
-    pub(super) fn carry(&self, segment: u64, carry: Vec<(u64, Vec<u8>)>, last: bool) -> Result<(), StoreError> {
+    pub(super) fn carry(&self, segment: u64, carry: Vec<(u64, Vec<u8>)>, last: bool) -> Result<(), QueueError> {
         let (done, finished) = std_mpsc::channel();
-        self.ops.send(Op::Compact { segment, carry, done, last }).map_err(|_| StoreError::Closed)?;
-        finished.recv().map_err(|_| StoreError::Io("the commit carrying live messages failed".into()))
+        self.ops.send(Op::Compact { segment, carry, done, last }).map_err(|_| QueueError::Closed)?;
+        finished.recv().map_err(|_| {
+            QueueError::io("compaction", std::io::Error::other("the commit carrying live messages failed"))
+        })
     }
 
-    pub(super) fn append_keys(&mut self, keys: &[(MessageKey, u64)]) -> Result<(), StoreError> {
+    pub(super) fn append_keys(&mut self, keys: &[(MessageKey, u64)]) -> Result<(), QueueError> {
         if keys.is_empty() {
             return Ok(());
         }

@@ -1,25 +1,22 @@
-//! Dead letters: deliveries given up on, one JSON file each under `<data-dir>/dead-letters/`.
-//! Files (not database rows) so that the command line can list, show and purge them while
-//! the gateway runs and holds the database lock. A replay moves the file to
+//! The local backend's dead letters: one JSON file each under `<data-dir>/dead-letters/`.
+//! Files (not log records) so that the command line can list, show and purge them while
+//! the gateway runs and holds the log's lock. A replay moves the file to
 //! `<data-dir>/replay/`, and the gateway takes it back into its queue from there.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use crate::queue::DeadLetter;
 
-use crate::model::Envelope;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// `<seq>-<destination>`: unique, and the file name.
-    pub id: String,
-    pub destination: String,
-    pub reason: String,
-    pub attempts: u32,
-    pub failed_at: String,
-    pub accepted_at_ms: u64,
-    pub envelope: Envelope,
+/// Why a dead letter could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("bad dead letter id {0:?}")]
+    BadId(String),
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: unreadable: {source}")]
+    Unreadable { path: String, source: serde_json::Error },
 }
 
 #[derive(Debug, Clone)]
@@ -48,7 +45,7 @@ impl DeadLetters {
     }
 
     /// Every dead letter, oldest first; unreadable files are reported, not skipped silently.
-    pub fn list(&self) -> Vec<Result<DeadLetter, String>> {
+    pub fn list(&self) -> Vec<Result<DeadLetter, DeadLetterError>> {
         let mut out = read_dir_json(&self.dead_dir);
         out.sort_by_key(|(path, r)| match r {
             Ok(l) => (l.accepted_at_ms, l.id.clone()),
@@ -57,10 +54,9 @@ impl DeadLetters {
         out.into_iter().map(|(_, r)| r).collect()
     }
 
-    pub fn show(&self, id: &str) -> Result<DeadLetter, String> {
-        let path = DeadLetters::file(&self.dead_dir, id).ok_or_else(|| format!("bad id {id:?}"))?;
-        let bytes = std::fs::read(&path).map_err(|e| format!("{id}: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{id}: unreadable: {e}"))
+    pub fn show(&self, id: &str) -> Result<DeadLetter, DeadLetterError> {
+        let path = DeadLetters::file(&self.dead_dir, id).ok_or_else(|| DeadLetterError::BadId(id.to_string()))?;
+        read_json(&path)
     }
 
     /// Queues a dead letter for redelivery; returns false if it does not exist.
@@ -87,12 +83,12 @@ impl DeadLetters {
         }
     }
 
-    /// Dead letters waiting in `replay/`, with their paths.
-    pub fn replays(&self) -> Vec<(PathBuf, DeadLetter)> {
+    /// Dead letters waiting in `replay/`.
+    pub fn replays(&self) -> Vec<DeadLetter> {
         read_dir_json(&self.replay_dir)
             .into_iter()
-            .filter_map(|(path, r)| match r {
-                Ok(l) => Some((path, l)),
+            .filter_map(|(_, r)| match r {
+                Ok(l) => Some(l),
                 Err(e) => {
                     tracing::error!(error = %e, "unreadable replay file left in place");
                     None
@@ -100,19 +96,31 @@ impl DeadLetters {
             })
             .collect()
     }
+
+    /// A replay was taken back into the queue: its file goes.
+    pub fn replay_taken(&self, id: &str) -> std::io::Result<()> {
+        let Some(path) = DeadLetters::file(&self.replay_dir, id) else { return Ok(()) };
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
 }
 
-fn read_dir_json(dir: &Path) -> Vec<(PathBuf, Result<DeadLetter, String>)> {
+fn read_json(path: &Path) -> Result<DeadLetter, DeadLetterError> {
+    let shown = || path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| DeadLetterError::Read { path: shown(), source })?;
+    serde_json::from_slice(&bytes).map_err(|source| DeadLetterError::Unreadable { path: shown(), source })
+}
+
+fn read_dir_json(dir: &Path) -> Vec<(PathBuf, Result<DeadLetter, DeadLetterError>)> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .map(|p| {
-            let r = std::fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                .map_err(|e| format!("{}: {e}", p.display()));
+            let r = read_json(&p);
             (p, r)
         })
         .collect()

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::index::Segment;
+use super::io_err;
 use super::log::{self, Frame};
-use super::{io_err, StoreError};
+use crate::queue::QueueError;
 
 pub(super) fn segment_name(id: u64) -> String {
     format!("{id:020}.seg")
@@ -18,7 +19,7 @@ pub(super) fn keys_name(id: u64) -> String {
     format!("keys-{id:020}.log")
 }
 
-pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), QueueError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
@@ -31,7 +32,7 @@ pub(super) fn create_log_file(
     name: &str,
     next_seq: u64,
     preallocate: u64,
-) -> Result<(File, u64), StoreError> {
+) -> Result<(File, u64), QueueError> {
     let path = dir.join(name);
     let file = OpenOptions::new().create_new(true).write(true).read(true).open(&path).map_err(io_err(&path))?;
     let mut buf = Vec::new();
@@ -54,7 +55,7 @@ pub(super) fn create_log_file(
     Ok((file, size))
 }
 
-pub(super) fn new_segment(dir: &Path, id: u64, next_seq: u64, preallocate: u64) -> Result<Segment, StoreError> {
+pub(super) fn new_segment(dir: &Path, id: u64, next_seq: u64, preallocate: u64) -> Result<Segment, QueueError> {
     let name = segment_name(id);
     let (file, bytes) = create_log_file(dir, &name, next_seq, preallocate)?;
     let allocated = preallocate.max(bytes);

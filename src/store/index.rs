@@ -2,32 +2,10 @@
 //! destinations still wait for it, and the segment files. The writer is the only one who
 //! changes it; the compactor and `load` read it under the same lock.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// Seqs are consecutive integers chosen by us, not by a client: one multiply spreads them
-/// over a hash table at a fraction of SipHash's cost (SipHash showed in the profile).
-#[derive(Default)]
-pub struct SeqHasher(u64);
-
-impl std::hash::Hasher for SeqHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// A set of seqs (see [`SeqHasher`]).
-pub type SeqSet = HashSet<u64, std::hash::BuildHasherDefault<SeqHasher>>;
 
 /// A message's destinations, in record order. Lists are few (one per distinct routing
 /// outcome), so live entries share them (a thin pointer: 8 bytes an entry).

@@ -37,6 +37,7 @@ mod index;
 mod log;
 mod record;
 mod recovery;
+mod threads;
 mod writer;
 
 use std::fs::{File, OpenOptions};
@@ -47,20 +48,23 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::dedup::MessageKey;
+use crate::dedup::{Claim, Dedup, MessageKey};
 use crate::metrics::Metrics;
-use crate::model::{Envelope, Prepared};
+use crate::model::Envelope;
+use crate::queue::{Accepted, DeadLetter, Delivery, NewMessage, Queue, QueueError, SeqSet, StoredMessage, ThreadRef};
 use compactor::Compactor;
-pub use dead_letters::{DeadLetter, DeadLetters};
+pub use dead_letters::{DeadLetterError, DeadLetters};
 use files::new_segment;
 use index::{lock, Index, Lists, MAX_DESTINATIONS};
-pub use index::{SeqHasher, SeqSet};
 use log::Frame;
 use recovery::Recovery;
+use threads::Threads;
 use writer::{Op, Writer};
+
+use async_trait::async_trait;
 
 /// Directory under `--data-dir` holding the log.
 pub const QUEUE_DIR: &str = "queue";
@@ -76,40 +80,12 @@ const COMPACT_EVERY: Duration = Duration::from_secs(1);
 /// How far ahead of the log's end the active segment is zero-filled.
 const ZERO_AHEAD: u64 = 256 << 10;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredMessage {
-    pub envelope: Envelope,
-    pub accepted_at_ms: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store is full ({0} messages pending)")]
-    Full(u64),
-    #[error("store is shutting down")]
-    Closed,
-    #[error("storage error: {0}")]
-    Io(String),
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn io_err(context: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
-    move |e| StoreError::Io(format!("{}: {e}", context.display()))
-}
-
-/// One delivery to make: message `seq` to `destination`.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub destination: String,
-    pub seq: u64,
-    pub accepted_at_ms: u64,
-    /// The notification as routing saw it, while it is cheap to keep: saves the worker a
-    /// store read and a re-parse. Absent after a restart or when a queue is long; then the
-    /// worker loads the message from disk.
-    pub prepared: Option<Arc<Prepared>>,
+fn io_err(context: &Path) -> impl Fn(std::io::Error) -> QueueError + '_ {
+    move |e| QueueError::io(context.display().to_string(), e)
 }
 
 /// Handle to the store; cheap to clone.
@@ -127,7 +103,12 @@ struct Inner {
     stored: Arc<AtomicU64>,
     max_messages: u64,
     dead: DeadLetters,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// MessageIds accepted within their lifetime (`max_age`), refilled from the log at open.
+    dedup: Dedup,
+    /// Where each alarm's first Slack post is.
+    alarm_threads: Threads,
+    /// The writer and compactor threads, joined on close.
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
     /// Holds the advisory lock on the queue directory for as long as the store lives.
     _lock: File,
@@ -136,7 +117,8 @@ struct Inner {
 /// What the store held at open.
 pub struct Recovered {
     pub pending: Vec<Delivery>,
-    pub dedup: Vec<(MessageKey, u64)>,
+    /// MessageIds remembered again (those still within their lifetime).
+    pub remembered: usize,
     /// Copies of files found damaged (the readable part of each was kept).
     pub corrupt: Vec<PathBuf>,
 }
@@ -145,7 +127,7 @@ impl Store {
     /// Opens (or creates) the store in `dir` and replays the log. Damage (a torn last write
     /// after a power loss, a bad disk block) is cut off where it starts, after a copy of
     /// the file is set aside and reported, so the gateway still serves.
-    pub fn open(dir: &Path, max_messages: u64, metrics: Metrics) -> Result<(Store, Recovered), StoreError> {
+    pub fn open(dir: &Path, max_messages: u64, metrics: Metrics) -> Result<(Store, Recovered), QueueError> {
         Store::open_with(dir, max_messages, metrics, SEGMENT_BYTES)
     }
 
@@ -154,17 +136,23 @@ impl Store {
         max_messages: u64,
         metrics: Metrics,
         segment_bytes: u64,
-    ) -> Result<(Store, Recovered), StoreError> {
+    ) -> Result<(Store, Recovered), QueueError> {
         let qdir = dir.join(QUEUE_DIR);
         std::fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
         let lock_path = qdir.join(LOCK_FILE);
         let lock_file =
             OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
-        rustix::fs::flock(&lock_file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| StoreError::Io(format!("{} is in use by another process", qdir.display())))?;
+        rustix::fs::flock(&lock_file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+            QueueError::io(qdir.display().to_string(), std::io::Error::other("in use by another process"))
+        })?;
 
         let recovered = Recovery::run(dir, &qdir)?;
         let Recovery { mut index, keys_files, dedup, next_seq, corrupt } = recovered;
+        // Enough for a million MessageIds within max_age; entries expire on their own.
+        let remembered = Dedup::new(2_000_000);
+        for (key, expires_at) in dedup {
+            remembered.remember(key, expires_at);
+        }
         index.keys_bytes = keys_files.iter().map(|k| k.bytes).sum();
         let next_seq = Arc::new(AtomicU64::new(next_seq));
         if index.segments.is_empty() {
@@ -231,7 +219,10 @@ impl Store {
             carry_chunk: (segment_bytes / 32).max(1) as usize,
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| StoreError::Io(e.to_string()))
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| QueueError::io("starting a store thread", e))
         };
         let threads = vec![
             spawn("store-writer", Box::new(move || writer.run(rx)))?,
@@ -246,32 +237,35 @@ impl Store {
                 stored,
                 max_messages,
                 dead: DeadLetters::new(dir),
-                threads: Mutex::new(threads),
+                dedup: remembered,
+                alarm_threads: Threads::open(dir),
+                workers: Mutex::new(threads),
                 stop,
                 _lock: lock_file,
             }),
         };
-        Ok((store, Recovered { pending, dedup, corrupt }))
+        let remembered = store.inner.dedup.len();
+        Ok((store, Recovered { pending, remembered, corrupt }))
     }
 
     /// Stores a notification with one pending delivery per destination (none for an unrouted
-    /// one: then only its MessageId is recorded) and returns once it is on disk. `dedup` is
-    /// the MessageId to remember and until when (none for replays and fallbacks).
-    pub async fn accept(
+    /// one: then only its MessageId is recorded) and returns once it is on disk.
+    async fn store(
         &self,
         envelope: &Envelope,
+        severity: &str,
         mut destinations: Vec<String>,
         dedup: Option<(MessageKey, u64)>,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Vec<Delivery>, QueueError> {
         if destinations.len() <= MAX_DESTINATIONS {
-            return self.accept_record(envelope, destinations, dedup).await;
+            return self.accept_record(envelope, severity, destinations, dedup).await;
         }
-        // One record per 64 destinations; the MessageId goes with the first.
+        // One record per 32 destinations; the MessageId goes with the first.
         let mut out = Vec::new();
         let mut key = dedup;
         while !destinations.is_empty() {
             let rest = destinations.split_off(destinations.len().min(MAX_DESTINATIONS));
-            out.extend(self.accept_record(envelope, destinations, key.take()).await?);
+            out.extend(self.accept_record(envelope, severity, destinations, key.take()).await?);
             destinations = rest;
         }
         Ok(out)
@@ -280,12 +274,13 @@ impl Store {
     async fn accept_record(
         &self,
         envelope: &Envelope,
+        severity: &str,
         destinations: Vec<String>,
         dedup: Option<(MessageKey, u64)>,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Vec<Delivery>, QueueError> {
         let stored = self.inner.stored.load(Ordering::Relaxed);
         if !destinations.is_empty() && stored >= self.inner.max_messages {
-            return Err(StoreError::Full(stored));
+            return Err(QueueError::Full(stored));
         }
         let accepted_at_ms = now_ms();
         let mut frame = Vec::new();
@@ -300,15 +295,16 @@ impl Store {
             struct Record<'a> {
                 envelope: &'a Envelope,
                 accepted_at_ms: u64,
+                severity: &'a str,
             }
             let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
             let mut json = Ok(());
             frame.reserve(512 + envelope.message.len());
             log::append_accept(&mut frame, seq, dedup, |out| {
                 record::encode_header(out, accepted_at_ms, &destinations);
-                json = serde_json::to_writer(out, &Record { envelope, accepted_at_ms });
+                json = serde_json::to_writer(out, &Record { envelope, accepted_at_ms, severity });
             });
-            json.map_err(|e| StoreError::Io(e.to_string()))?;
+            json?;
             Some(seq)
         };
         if frame.is_empty() {
@@ -316,44 +312,22 @@ impl Store {
         }
         if self.inner.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
             self.inner.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(StoreError::Full(stored));
+            return Err(QueueError::Full(stored));
         }
         let (reply, rx) = oneshot::channel();
         let key_expires = dedup.map(|(_, e)| e);
         let op = Op::Accept { seq, frame, accepted_at_ms, destinations, key_expires, reply };
-        self.inner.ops.send(op).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.inner.ops.send(op).map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
     }
 
     /// Marks a delivery done. Durable soon after (next commit), not before return.
-    pub async fn finish(&self, destination: &str, seq: u64) {
-        let _ = self.inner.ops.send(Op::Finish { destination: destination.to_string(), seq });
-    }
-
-    /// Writes a dead letter file, then finishes the delivery.
-    pub async fn dead_letter(&self, delivery: &Delivery, reason: &str, attempts: u32) -> Result<(), StoreError> {
-        let message = self.load(delivery.seq)?;
-        let Some(message) = message else { return Ok(()) };
-        let letter = DeadLetter {
-            id: format!("{}-{}", delivery.seq, delivery.destination),
-            destination: delivery.destination.clone(),
-            reason: reason.to_string(),
-            attempts,
-            failed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            accepted_at_ms: message.accepted_at_ms,
-            envelope: message.envelope,
-        };
-        let dead = self.inner.dead.clone();
-        tokio::task::spawn_blocking(move || dead.write(&letter))
-            .await
-            .map_err(|e| StoreError::Io(e.to_string()))?
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        self.finish(&delivery.destination, delivery.seq).await;
-        Ok(())
+    fn finish_now(&self, destination: &str, seq: u64) -> Result<(), QueueError> {
+        self.inner.ops.send(Op::Finish { destination: destination.to_string(), seq }).map_err(|_| QueueError::Closed)
     }
 
     /// Waits until every operation sent so far is on disk.
-    pub async fn flush(&self) {
+    async fn flush_now(&self) {
         let (reply, rx) = oneshot::channel();
         if self.inner.ops.send(Op::Flush { reply, close: false }).is_ok() {
             let _ = rx.await;
@@ -361,20 +335,20 @@ impl Store {
     }
 
     /// Commits everything queued, stops the writer and the compactor and waits for them;
-    /// later writes fail with [`StoreError::Closed`]. The directory lock goes with the last
+    /// later writes fail with [`QueueError::Closed`]. The directory lock goes with the last
     /// `Store` clone.
-    pub async fn close(&self) {
+    async fn close_now(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
         if self.inner.ops.send(Op::Flush { reply, close: true }).is_ok() {
             let _ = rx.await;
         }
-        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads = std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(|p| p.into_inner()));
         let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
     }
 
     /// Reads a live message back; `None` once every destination is done.
-    pub fn load(&self, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
+    pub fn read(&self, seq: u64) -> Result<Option<StoredMessage>, QueueError> {
         let (file, offset, size) = {
             let index = lock(&self.inner.index);
             let Some(l) = index.live.get(&seq) else { return Ok(None) };
@@ -383,16 +357,17 @@ impl Store {
             (s.file.clone(), l.offset, l.size)
         };
         let mut buf = vec![0; size as usize];
-        file.read_exact_at(&mut buf, offset as u64).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))?;
-        let damaged = || StoreError::Io(format!("message {seq}: damaged record"));
-        let Some(Frame::Accept { record, .. }) = log::check(&buf).and_then(log::decode) else { return Err(damaged()) };
-        let rec = record::decode(record).ok_or_else(damaged)?;
-        serde_json::from_slice(rec.json).map(Some).map_err(|e| StoreError::Io(format!("message {seq}: {e}")))
+        file.read_exact_at(&mut buf, offset as u64).map_err(|e| QueueError::io(format!("message {seq}"), e))?;
+        let Some(Frame::Accept { record, .. }) = log::check(&buf).and_then(log::decode) else {
+            return Err(QueueError::Damaged(seq));
+        };
+        let rec = record::decode(record).ok_or(QueueError::Damaged(seq))?;
+        Ok(Some(serde_json::from_slice(rec.json)?))
     }
 
     /// Up to `want` deliveries still pending for `destination`, oldest first, leaving out
     /// the seqs in `held` (those the caller already has).
-    pub fn waiting_for(&self, destination: &str, held: &SeqSet, want: usize) -> Vec<Delivery> {
+    fn waiting_now(&self, destination: &str, held: &SeqSet, want: usize) -> Vec<Delivery> {
         let index = lock(&self.inner.index);
         let found: Vec<(u64, u64)> = index
             .live
@@ -412,27 +387,81 @@ impl Store {
             })
             .collect()
     }
+}
 
-    /// Takes dead letters queued for replay back into the store; returns the new deliveries.
-    pub async fn take_replays(&self) -> Vec<Delivery> {
-        let mut out = Vec::new();
-        for (path, letter) in self.inner.dead.replays() {
-            // Replays bypass dedup (the MessageId is already known). An operator replays
-            // after fixing something, so the one-hop fallback rule starts afresh.
-            let envelope = Envelope { fallback_from: None, ..letter.envelope.clone() };
-            let result = self.accept(&envelope, vec![letter.destination.clone()], None).await;
-            match result {
-                Ok(deliveries) => {
-                    let _ = std::fs::remove_file(&path);
-                    tracing::info!(id = %letter.id, destination = %letter.destination, "dead letter replayed");
-                    out.extend(deliveries);
-                }
-                Err(StoreError::Closed) => break,
-                // Full or failing: the file stays in replay/ and is tried again later.
-                Err(e) => tracing::error!(id = %letter.id, error = %e, "dead letter replay failed"),
+#[async_trait]
+impl Queue for Store {
+    async fn accept(&self, m: NewMessage<'_>) -> Result<Accepted, QueueError> {
+        if let Some((key, expires_at)) = m.dedup {
+            if self.inner.dedup.claim(key, expires_at) == Claim::Duplicate {
+                return Ok(Accepted::Duplicate);
             }
         }
-        out
+        match self.store(m.envelope, m.severity, m.destinations, m.dedup).await {
+            Ok(deliveries) => Ok(Accepted::Stored(deliveries)),
+            Err(e) => {
+                // Not stored, so not promised: SNS's retry must be accepted.
+                if let Some((key, _)) = m.dedup {
+                    self.inner.dedup.release(key);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish(&self, destination: &str, seq: u64) -> Result<(), QueueError> {
+        self.finish_now(destination, seq)
+    }
+
+    async fn load(&self, seq: u64) -> Result<Option<StoredMessage>, QueueError> {
+        self.read(seq)
+    }
+
+    async fn waiting_for(&self, destination: &str, held: &SeqSet, want: usize) -> Result<Vec<Delivery>, QueueError> {
+        Ok(self.waiting_now(destination, held, want))
+    }
+
+    async fn flush(&self) {
+        self.flush_now().await
+    }
+
+    async fn put_dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
+        let dead = self.inner.dead.clone();
+        tokio::task::spawn_blocking(move || dead.write(&letter))
+            .await
+            .map_err(|e| QueueError::io("writing a dead letter", std::io::Error::other(e)))?
+            .map_err(|e| QueueError::io("writing a dead letter", e))
+    }
+
+    async fn replay_requests(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        let dead = self.inner.dead.clone();
+        tokio::task::spawn_blocking(move || dead.replays())
+            .await
+            .map_err(|e| QueueError::io("reading replays", std::io::Error::other(e)))
+    }
+
+    async fn replay_taken(&self, id: &str) -> Result<(), QueueError> {
+        self.inner.dead.replay_taken(id).map_err(|e| QueueError::io(format!("replay {id}"), e))
+    }
+
+    async fn thread(&self, alarm_key: &str) -> Result<Option<ThreadRef>, QueueError> {
+        Ok(self.inner.alarm_threads.get(alarm_key))
+    }
+
+    async fn set_thread(&self, alarm_key: &str, thread: ThreadRef) -> Result<(), QueueError> {
+        let store = self.clone();
+        let key = alarm_key.to_string();
+        tokio::task::spawn_blocking(move || store.inner.alarm_threads.set(&key, thread, now_ms()))
+            .await
+            .map_err(|e| QueueError::io("writing the thread map", std::io::Error::other(e)))?
+    }
+
+    fn remembered_ids(&self) -> usize {
+        self.inner.dedup.len()
+    }
+
+    async fn close(&self) {
+        self.close_now().await
     }
 }
 

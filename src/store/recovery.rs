@@ -9,8 +9,9 @@ use std::sync::Arc;
 use super::files::{keys_name, segment_name, KeysFile};
 use super::index::{Index, Lists, Live, Segment, MAX_DESTINATIONS};
 use super::log::{Frame, Reader, Step};
-use super::{io_err, record, StoreError};
+use super::{io_err, record};
 use crate::dedup::MessageKey;
+use crate::queue::QueueError;
 
 /// What the files on disk held.
 pub(super) struct Recovery {
@@ -22,7 +23,7 @@ pub(super) struct Recovery {
 }
 
 impl Recovery {
-    pub(super) fn run(data_dir: &Path, qdir: &Path) -> Result<Recovery, StoreError> {
+    pub(super) fn run(data_dir: &Path, qdir: &Path) -> Result<Recovery, QueueError> {
         let mut segment_ids = Vec::new();
         let mut keys_ids = Vec::new();
         for entry in std::fs::read_dir(qdir).map_err(io_err(qdir))?.flatten() {
@@ -135,7 +136,7 @@ pub(super) fn read_log(
     path: &Path,
     corrupt: &mut Vec<PathBuf>,
     mut f: impl FnMut(u64, u32, Frame<'_>),
-) -> Result<Option<u64>, StoreError> {
+) -> Result<Option<u64>, QueueError> {
     let aside = || {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         data_dir.join(format!("{name}.corrupt-{}", crate::dedup::unix_now()))

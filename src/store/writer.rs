@@ -14,8 +14,9 @@ use tokio::sync::oneshot;
 use super::files::{new_segment, sync_dir};
 use super::index::{lock, Index, Lists, Live};
 use super::log::{self, Frame};
-use super::{record, Delivery, StoreError, MAX_BATCH, ZERO_AHEAD};
+use super::{record, MAX_BATCH, ZERO_AHEAD};
 use crate::metrics::Metrics;
+use crate::queue::{Delivery, QueueError};
 
 /// What the writer is asked to do.
 pub(super) enum Op {
@@ -27,7 +28,7 @@ pub(super) enum Op {
         accepted_at_ms: u64,
         destinations: Vec<String>,
         key_expires: Option<u64>,
-        reply: oneshot::Sender<Result<Vec<Delivery>, StoreError>>,
+        reply: oneshot::Sender<Result<Vec<Delivery>, QueueError>>,
     },
     /// A delivery is done (sent, or dead-lettered and written to its file).
     Finish { destination: String, seq: u64 },
@@ -61,7 +62,7 @@ pub(super) struct Writer {
     pub(super) dirty: bool,
     /// Set when a failed write could not be undone: the log's end is then unknown, so
     /// nothing more is appended (accepts answer 503) until a restart replays it.
-    pub(super) broken: Option<String>,
+    pub(super) broken: Option<QueueError>,
 }
 
 /// Batches stop gathering past this many bytes (keeps offsets and memory bounded).
@@ -77,7 +78,7 @@ struct Accepted {
     size: u32,
     accepted_at_ms: u64,
     destinations: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Delivery>, StoreError>>,
+    reply: oneshot::Sender<Result<Vec<Delivery>, QueueError>>,
 }
 
 impl Writer {
@@ -260,10 +261,10 @@ impl Writer {
                 self.metrics.store_errors.inc();
                 tracing::error!(error = %e, "store write failed; accepts in this batch answered 503");
                 for Accepted { reply, .. } in accepted {
-                    let _ = reply.send(Err(StoreError::Io(e.clone())));
+                    let _ = reply.send(Err(e.clone()));
                 }
                 for reply in keys_only {
-                    let _ = reply.send(Err(StoreError::Io(e.clone())));
+                    let _ = reply.send(Err(e.clone()));
                 }
                 // Dropping `compacted` tells the compactor; it tries again later.
             }
@@ -280,7 +281,7 @@ impl Writer {
         closing
     }
 
-    pub(super) fn write(&mut self, buf: &[u8], base: u64, sync: bool) -> Result<(), String> {
+    pub(super) fn write(&mut self, buf: &[u8], base: u64, sync: bool) -> Result<(), QueueError> {
         if let Some(why) = &self.broken {
             return Err(why.clone());
         }
@@ -291,15 +292,17 @@ impl Writer {
                 let zeros = vec![0u8; buf.len()];
                 if let Err(cut) = self.active_file.write_all_at(&zeros, base).and_then(|_| self.active_file.sync_data())
                 {
-                    self.broken =
-                        Some(format!("log end unknown after a failed write ({e}) and a failed repair ({cut})"));
+                    self.broken = Some(QueueError::io(
+                        format!("log end unknown after a failed write ({e}) and a failed repair"),
+                        cut,
+                    ));
                 }
-                return Err(e.to_string());
+                return Err(QueueError::io("writing the log", e));
             }
             self.dirty = true;
         }
         if sync && self.dirty {
-            self.active_file.sync_data().map_err(|e| e.to_string())?;
+            self.active_file.sync_data().map_err(|e| QueueError::io("syncing the log", e))?;
             self.dirty = false;
         }
         Ok(())
