@@ -6,6 +6,18 @@
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::RegexSet;
 
+/// Why a pattern does not compile. The Display text is what `check` prints.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PatternError {
+    #[error("bad regex {text:?}: {source}")]
+    Regex { text: String, source: regex::Error },
+    #[error("bad glob {text:?}: {kind}")]
+    Glob { text: String, kind: globset::ErrorKind },
+    /// The combined matcher of a field would not build (a regex set over its size limit).
+    #[error("cannot compile the patterns of one field together: {0}")]
+    Combined(String),
+}
+
 /// One value from a route list, validated.
 #[derive(Debug, Clone)]
 pub enum Pattern {
@@ -14,12 +26,12 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    pub fn compile(text: &str) -> Result<Pattern, String> {
+    pub fn compile(text: &str) -> Result<Pattern, PatternError> {
         if let Some(re) = text.strip_prefix('~') {
-            regex::Regex::new(re).map_err(|e| format!("bad regex {re:?}: {e}"))?;
+            regex::Regex::new(re).map_err(|source| PatternError::Regex { text: re.to_string(), source })?;
             Ok(Pattern::Regex(re.to_string()))
         } else {
-            Glob::new(text).map_err(|e| format!("bad glob {text:?}: {}", e.kind()))?;
+            Glob::new(text).map_err(|e| PatternError::Glob { text: text.to_string(), kind: e.kind().clone() })?;
             Ok(Pattern::Glob(text.to_string()))
         }
     }
@@ -85,11 +97,12 @@ impl Default for FieldIndexBuilder {
 
 impl FieldIndexBuilder {
     /// Adds a pattern and returns its id.
-    pub fn add(&mut self, p: &Pattern) -> Result<usize, String> {
+    pub fn add(&mut self, p: &Pattern) -> Result<usize, PatternError> {
         let id = self.len;
         match p {
             Pattern::Glob(g) => {
-                self.globs.add(Glob::new(g).map_err(|e| e.to_string())?);
+                self.globs
+                    .add(Glob::new(g).map_err(|e| PatternError::Glob { text: g.clone(), kind: e.kind().clone() })?);
                 self.glob_ids.push(id);
             }
             Pattern::Regex(r) => {
@@ -101,11 +114,11 @@ impl FieldIndexBuilder {
         Ok(id)
     }
 
-    pub fn build(self) -> Result<FieldIndex, String> {
+    pub fn build(self) -> Result<FieldIndex, PatternError> {
         Ok(FieldIndex {
-            globs: self.globs.build().map_err(|e| e.to_string())?,
+            globs: self.globs.build().map_err(|e| PatternError::Combined(e.to_string()))?,
             glob_ids: self.glob_ids,
-            regexes: RegexSet::new(&self.regexes).map_err(|e| e.to_string())?,
+            regexes: RegexSet::new(&self.regexes).map_err(|e| PatternError::Combined(e.to_string()))?,
             regex_ids: self.regex_ids,
             len: self.len,
         })

@@ -5,7 +5,7 @@
 pub mod matcher;
 pub mod severity;
 
-use matcher::{FieldIndex, FieldIndexBuilder, FieldPatterns};
+use matcher::{FieldIndex, FieldIndexBuilder, FieldPatterns, PatternError};
 
 use crate::model::{Envelope, Notification, Prepared};
 use severity::SeverityRules;
@@ -136,7 +136,7 @@ pub struct Router {
 pub const DEFAULT_ROUTE: &str = "default_route";
 
 impl Router {
-    pub fn new(specs: Vec<RouteSpec>, default_to: Vec<String>) -> Result<Router, String> {
+    pub fn new(specs: Vec<RouteSpec>, default_to: Vec<String>) -> Result<Router, PatternError> {
         let mut builders: Vec<FieldIndexBuilder> = Field::ALL.iter().map(|_| FieldIndexBuilder::default()).collect();
         let mut routes = Vec::with_capacity(specs.len());
         for spec in specs {

@@ -1,0 +1,600 @@
+//! routes.toml as written, and its validation: every problem with its line and column,
+//! errors and warnings, never a secret's value.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration::{parse_duration, parse_rate};
+use super::secret::{self, Secret, SecretSource};
+use super::{
+    Config, ConfigError, Destination, Problem, RetryBudget, Secrets, SnsConfig, DEFAULT_BURST, DEFAULT_MAX_AGE,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AGE, DEFAULT_RATE, STATES,
+};
+use crate::route::matcher::{FieldPatterns, Literals, Pattern};
+use crate::route::severity::{SeverityField, SeverityRule, SeverityRules};
+use crate::route::{Field, RouteSpec, Router};
+
+// ---------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    sns: Spanned<RawSns>,
+    #[serde(default)]
+    severity: Option<RawSeverity>,
+    #[serde(default)]
+    destinations: BTreeMap<String, Spanned<RawDestination>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    default_route: Option<Spanned<RawDefaultRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSns {
+    topics: Spanned<Vec<Spanned<String>>>,
+    max_age: Option<Spanned<String>>,
+    auto_confirm: Option<bool>,
+    /// Accept that a topic pattern admits any AWS account while `auto_confirm` is on.
+    #[serde(default)]
+    allow_any_account: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeverity {
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawSeverityRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeverityRule {
+    field: Spanned<String>,
+    regex: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    url: Spanned<String>,
+    rate: Option<Spanned<String>>,
+    burst: Option<Spanned<u32>>,
+    fallback: Option<Spanned<String>>,
+    /// Severities that get `<!here>` prepended.
+    #[serde(default)]
+    mention_here: Vec<String>,
+    /// Severities that get `<!channel>` prepended.
+    #[serde(default)]
+    mention_channel: Vec<String>,
+    /// Alarm states whose notifications may mention (default: ALARM only).
+    mention_states: Option<Spanned<Vec<Spanned<String>>>>,
+    max_attempts: Option<Spanned<u32>>,
+    max_retry_age: Option<Spanned<String>>,
+}
+
+type Values = Option<Spanned<Vec<Spanned<String>>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    alarm_name: Values,
+    not_alarm_name: Values,
+    severity: Values,
+    not_severity: Values,
+    state: Values,
+    not_state: Values,
+    topic: Values,
+    not_topic: Values,
+    account: Values,
+    not_account: Values,
+    region: Values,
+    not_region: Values,
+    to: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default, rename = "continue")]
+    continue_: bool,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaultRoute {
+    to: Spanned<Vec<Spanned<String>>>,
+}
+
+pub(super) fn parse(text: &str, secrets: Secrets) -> Result<(Config, Vec<Problem>), ConfigError> {
+    let mut v = Validator { text, problems: Vec::new(), secrets };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let (line, column) = e.span().map(|s| v.line_col(s.start)).unwrap_or((1, 1));
+            return Err(ConfigError::Invalid(vec![Problem {
+                line,
+                column,
+                message: e.message().to_string(),
+                warning: false,
+            }]));
+        }
+    };
+    let config = v.build(raw);
+    v.problems.sort_by_key(|p| (p.line, p.column));
+    let errors = v.problems.iter().any(|p| !p.warning);
+    match config {
+        Some(config) if !errors => Ok((config, v.problems)),
+        _ => Err(ConfigError::Invalid(v.problems)),
+    }
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+    secrets: Secrets,
+}
+
+impl Validator<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        (line, column)
+    }
+
+    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.push(at.span().start, message.into(), false);
+    }
+
+    fn warn<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.push(at.span().start, message.into(), true);
+    }
+
+    fn push(&mut self, offset: usize, message: String, warning: bool) {
+        let (line, column) = self.line_col(offset);
+        self.problems.push(Problem { line, column, message, warning });
+    }
+
+    fn build(&mut self, raw: RawConfig) -> Option<Config> {
+        let sns = self.sns(raw.sns);
+        let severity = self.severity(raw.severity);
+        // Names declared in the file, valid or not: a route naming one that failed its own
+        // validation must not get a second "unknown destination" error.
+        let declared: HashSet<String> = raw.destinations.keys().cloned().collect();
+        let destinations = self.destinations(raw.destinations, &declared);
+        let no_rules = SeverityRules::new("warning".into(), Vec::new());
+        let router =
+            self.routes(raw.route, raw.default_route, &destinations, &declared, severity.as_ref().unwrap_or(&no_rules));
+        Some(Config { sns: sns?, severity: severity?, destinations, router: router? })
+    }
+
+    fn sns(&mut self, raw: Spanned<RawSns>) -> Option<SnsConfig> {
+        let raw = raw.into_inner();
+        if raw.topics.get_ref().is_empty() {
+            self.error(&raw.topics, "[sns].topics is empty: no topic could ever deliver");
+        }
+        let mut set = globset::GlobSetBuilder::new();
+        for topic in raw.topics.get_ref() {
+            let t = topic.get_ref();
+            let arn_like = t.starts_with("arn:") || t.starts_with('*');
+            let complete = t.matches(':').count() >= 5 || t.contains('*');
+            if !arn_like || !complete {
+                self.warn(topic, format!("topic {t:?} does not look like an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME); it may never match"));
+            }
+            if raw.auto_confirm.unwrap_or(true) && !raw.allow_any_account && admits_any_account(t) {
+                self.error(
+                    topic,
+                    format!("topic {t:?} admits any AWS account while auto_confirm is on: anyone's topic could subscribe this endpoint; pin the account (arn:aws:sns:REGION:ACCOUNT:NAME), or set [sns] allow_any_account = true"),
+                );
+            }
+            match globset::Glob::new(t) {
+                Ok(g) => {
+                    set.add(g);
+                }
+                Err(e) => self.error(topic, format!("bad topic glob: {}", e.kind())),
+            }
+        }
+        let max_age = match &raw.max_age {
+            None => DEFAULT_MAX_AGE,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.error(s, "max_age must be more than zero");
+                    DEFAULT_MAX_AGE
+                }
+                Err(e) => {
+                    self.error(s, e);
+                    DEFAULT_MAX_AGE
+                }
+            },
+        };
+        let topics = set.build().ok()?;
+        Some(SnsConfig { topics, max_age, auto_confirm: raw.auto_confirm.unwrap_or(true) })
+    }
+
+    fn severity(&mut self, raw: Option<RawSeverity>) -> Option<SeverityRules> {
+        let Some(raw) = raw else { return Some(SeverityRules::new("warning".into(), Vec::new())) };
+        let default = raw.default.map(|d| d.into_inner().to_lowercase()).unwrap_or_else(|| "warning".into());
+        let mut rules = Vec::new();
+        for rule in raw.rules {
+            let rule = rule.into_inner();
+            let field = match SeverityField::parse(rule.field.get_ref()) {
+                Some(f) => f,
+                None => {
+                    self.error(
+                        &rule.field,
+                        format!(
+                            "unknown severity field {:?}; known: {}",
+                            rule.field.get_ref(),
+                            SeverityField::NAMES.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+            };
+            match regex::Regex::new(rule.regex.get_ref()) {
+                Ok(re) if re.captures_len() >= 2 => rules.push(SeverityRule { field, regex: re }),
+                Ok(_) => {
+                    self.error(&rule.regex, "severity regex needs a capture group: its first capture is the severity")
+                }
+                Err(e) => self.error(&rule.regex, format!("bad regex: {e}")),
+            }
+        }
+        Some(SeverityRules::new(default, rules))
+    }
+
+    fn destinations(
+        &mut self,
+        raw: BTreeMap<String, Spanned<RawDestination>>,
+        names: &HashSet<String>,
+    ) -> BTreeMap<String, Destination> {
+        let mut out = BTreeMap::new();
+        // Fallbacks as written, to find cycles once every destination is read.
+        let mut fallbacks: BTreeMap<String, Spanned<String>> = BTreeMap::new();
+        for (name, spanned) in raw {
+            let d = spanned.into_inner();
+            if let Some(fb) = &d.fallback {
+                fallbacks.insert(name.clone(), fb.clone());
+            }
+            let (source, url) = secret::resolve(d.url.get_ref());
+            let url = match url {
+                Ok(url) => url,
+                Err(e) if self.secrets == Secrets::Optional => {
+                    self.warn(&d.url, format!("destination {name}: {e} (ignored: nothing is sent)"));
+                    Secret::new("http://unresolved.invalid/".into())
+                }
+                Err(e) => {
+                    self.error(&d.url, format!("destination {name}: {e}"));
+                    continue;
+                }
+            };
+            if source == SecretSource::Literal {
+                self.warn(
+                    &d.url,
+                    format!("destination {name}: webhook URL is written in the file; prefer url = \"env:NAME\" or \"file:/path\""),
+                );
+            }
+            let u = url.expose();
+            if !(u.starts_with("https://") || u.starts_with("http://")) || u.parse::<http::Uri>().is_err() {
+                // Never echo the value: it may be a secret with a typo.
+                self.error(&d.url, format!("destination {name}: url ({source}) is not an http(s) URL"));
+                continue;
+            }
+            let rate = match &d.rate {
+                None => parse_rate(DEFAULT_RATE).ok(),
+                Some(r) => parse_rate(r.get_ref()).map_err(|e| self.error(r, e)).ok(),
+            };
+            let burst = d.burst.as_ref().map(|b| *b.get_ref()).unwrap_or(DEFAULT_BURST);
+            if let Some(b) = d.burst.as_ref().filter(|b| *b.get_ref() == 0) {
+                self.error(b, "burst must be at least 1");
+            }
+            if let Some(fb) = &d.fallback {
+                if !names.contains(fb.get_ref()) {
+                    self.error(fb, format!("destination {name}: fallback {:?} is not a destination", fb.get_ref()));
+                } else if fb.get_ref() == &name {
+                    self.error(fb, format!("destination {name}: fallback is itself"));
+                }
+            }
+            let max_attempts = d.max_attempts.as_ref().map(|m| *m.get_ref()).unwrap_or(DEFAULT_MAX_ATTEMPTS);
+            if let Some(m) = d.max_attempts.as_ref().filter(|m| *m.get_ref() == 0) {
+                self.error(m, "max_attempts must be at least 1");
+            }
+            let max_age = match &d.max_retry_age {
+                None => DEFAULT_MAX_RETRY_AGE,
+                Some(s) => parse_duration(s.get_ref()).map_err(|e| self.error(s, e)).unwrap_or(DEFAULT_MAX_RETRY_AGE),
+            };
+            let mention_states = match &d.mention_states {
+                None => vec!["ALARM".to_string()],
+                Some(states) => {
+                    for st in states.get_ref().iter().filter(|st| !STATES.contains(&st.get_ref().as_str())) {
+                        self.error(
+                            st,
+                            format!(
+                                "destination {name}: mention_states {:?} is not a CloudWatch state ({})",
+                                st.get_ref(),
+                                STATES.join(", ")
+                            ),
+                        );
+                    }
+                    states.get_ref().iter().map(|st| st.get_ref().clone()).collect()
+                }
+            };
+            if u.starts_with("http://") && !loopback_url(u) {
+                self.warn(
+                    &d.url,
+                    format!("destination {name}: url ({source}) is plain http:// to a non-loopback host; the webhook secret and alarms cross the network unencrypted"),
+                );
+            }
+            let Some(rate) = rate else { continue };
+            out.insert(
+                name.clone(),
+                Destination {
+                    name,
+                    url,
+                    source,
+                    rate,
+                    burst: burst.max(1),
+                    fallback: d.fallback.map(|f| f.into_inner()),
+                    mention_here: d.mention_here.iter().map(|s| s.to_lowercase()).collect(),
+                    mention_channel: d.mention_channel.iter().map(|s| s.to_lowercase()).collect(),
+                    mention_states,
+                    retry: RetryBudget { max_attempts: max_attempts.max(1), max_age },
+                },
+            );
+        }
+        self.fallback_cycles(&fallbacks);
+        out
+    }
+
+    /// A fallback is followed one hop at most at run time, so a cycle cannot loop there; it
+    /// is still a mistake (each destination's alarms land on a webhook that falls back to
+    /// the first), so it is reported once, at the first member's `fallback` line.
+    fn fallback_cycles(&mut self, fallbacks: &BTreeMap<String, Spanned<String>>) {
+        let mut reported: HashSet<&str> = HashSet::new();
+        for start in fallbacks.keys() {
+            let mut path = vec![start.as_str()];
+            let mut at = start.as_str();
+            while let Some(next) = fallbacks.get(at).map(|f| f.get_ref().as_str()) {
+                if next == at {
+                    break; // self-fallback, already reported
+                }
+                if let Some(i) = path.iter().position(|p| *p == next) {
+                    let cycle = &path[i..];
+                    if cycle.len() > 1 && !cycle.iter().any(|c| reported.contains(c)) {
+                        reported.extend(cycle.iter().copied());
+                        let first = cycle.iter().min().copied().unwrap_or(next);
+                        let shown: Vec<&str> = cycle.iter().copied().chain(std::iter::once(cycle[0])).collect();
+                        if let Some(at) = fallbacks.get(first) {
+                            self.error(at, format!("fallback cycle: {}", shown.join(" -> ")));
+                        }
+                    }
+                    break;
+                }
+                path.push(next);
+                at = next;
+            }
+        }
+    }
+
+    fn routes(
+        &mut self,
+        raw: Vec<Spanned<RawRoute>>,
+        default_route: Option<Spanned<RawDefaultRoute>>,
+        destinations: &BTreeMap<String, Destination>,
+        declared: &HashSet<String>,
+        severity: &SeverityRules,
+    ) -> Option<Router> {
+        let mut specs = Vec::new();
+        let mut seen = HashSet::new();
+        let mut catch_all: Option<String> = None;
+        for spanned in raw {
+            let route_start = spanned.span().start;
+            let r = spanned.into_inner();
+            let name = r.name.get_ref().clone();
+            if !seen.insert(name.clone()) {
+                self.error(&r.name, format!("duplicate route name {name:?}"));
+            }
+            if let Some(shadow) = &catch_all {
+                self.push(
+                    route_start,
+                    format!("route {name:?} can never match: route {shadow:?} before it matches everything and does not continue"),
+                    false,
+                );
+            }
+            let to = match &r.to {
+                Some(to) => self.destination_list(to, destinations, declared, &format!("route {name:?}")),
+                None if r.enabled => {
+                    self.push(route_start, format!("route {name:?} has no `to`"), false);
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            let mut fields = Vec::new();
+            // A route with an invalid value is already one error; it must not also look
+            // like a catch-all and make every later route "never match".
+            let mut broken = false;
+            if let Some(sev) = &r.severity {
+                for v in sev.get_ref() {
+                    let text = v.get_ref();
+                    let literal = !text.starts_with('~') && !text.contains(['*', '?', '[', '{']);
+                    if literal && !severity.can_produce(&text.to_lowercase()) {
+                        self.warn(
+                            v,
+                            format!("route {name:?}: severity {text:?} is produced by no [severity] rule or default; this value never matches"),
+                        );
+                    }
+                }
+            }
+            let pairs = [
+                (Field::AlarmName, r.alarm_name, r.not_alarm_name),
+                (Field::Severity, r.severity, r.not_severity),
+                (Field::State, r.state, r.not_state),
+                (Field::Topic, r.topic, r.not_topic),
+                (Field::Account, r.account, r.not_account),
+                (Field::Region, r.region, r.not_region),
+            ];
+            for (field, any, none) in pairs {
+                let any = any.map(|v| self.patterns(&name, field, false, v));
+                let none = none.map(|v| self.patterns(&name, field, true, v));
+                if let (Some(Some(a)), Some(Some(n))) = (&any, &none) {
+                    if a.literals().iter().any(|l| n.literals().contains(l)) {
+                        self.push(
+                            route_start,
+                            format!(
+                                "route {name:?} can never match: a {} value is both required and excluded",
+                                field.key()
+                            ),
+                            false,
+                        );
+                    }
+                }
+                let (Some(any), Some(none)) = (any.unwrap_or(Some(Vec::new())), none.unwrap_or(Some(Vec::new())))
+                else {
+                    broken = true;
+                    continue;
+                };
+                if !any.is_empty() || !none.is_empty() {
+                    fields.push(FieldPatterns { field, any, none });
+                }
+            }
+            if fields.is_empty() && !broken && !r.continue_ && catch_all.is_none() {
+                catch_all = Some(name.clone());
+            }
+            specs.push(RouteSpec { name, fields, to, continue_: r.continue_, enabled: r.enabled });
+        }
+        let default_to = match &default_route {
+            Some(d) => self.destination_list(&d.get_ref().to, destinations, declared, "default_route"),
+            None => Vec::new(),
+        };
+        if let (Some(d), Some(shadow)) = (&default_route, &catch_all) {
+            self.push(
+                d.span().start,
+                format!("default_route is never used: route {shadow:?} matches everything and does not continue"),
+                true,
+            );
+        }
+        Router::new(specs, default_to).map_err(|e| self.push(0, e.to_string(), false)).ok()
+    }
+
+    fn destination_list(
+        &mut self,
+        to: &Spanned<Vec<Spanned<String>>>,
+        destinations: &BTreeMap<String, Destination>,
+        declared: &HashSet<String>,
+        what: &str,
+    ) -> Vec<String> {
+        if to.get_ref().is_empty() {
+            self.error(to, format!("{what}: `to` is empty"));
+        }
+        let mut out = Vec::new();
+        for d in to.get_ref() {
+            if destinations.contains_key(d.get_ref()) {
+                if !out.contains(d.get_ref()) {
+                    out.push(d.get_ref().clone());
+                }
+            } else if !declared.contains(d.get_ref()) {
+                self.error(d, format!("{what}: unknown destination {:?}", d.get_ref()));
+            }
+        }
+        out
+    }
+
+    /// Compiles one list of values; `None` when any of them is invalid (already reported).
+    fn patterns(
+        &mut self,
+        route: &str,
+        field: Field,
+        negated: bool,
+        values: Spanned<Vec<Spanned<String>>>,
+    ) -> Option<Vec<Pattern>> {
+        let key = if negated { format!("not_{}", field.key()) } else { field.key().to_string() };
+        if values.get_ref().is_empty() {
+            if !negated {
+                self.error(&values, format!("route {route:?} can never match: {key} is an empty list"));
+            }
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in values.get_ref() {
+            let text = v.get_ref();
+            if field == Field::State
+                && !text.starts_with('~')
+                && !text.contains(['*', '?', '['])
+                && !STATES.contains(&text.as_str())
+            {
+                self.error(
+                    v,
+                    format!("route {route:?}: {key} {text:?} is not a CloudWatch state ({})", STATES.join(", ")),
+                );
+                ok = false;
+                continue;
+            }
+            let value = if field == Field::Severity { text.to_lowercase() } else { text.clone() };
+            match Pattern::compile(&value) {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    self.error(v, format!("route {route:?}: {key}: {e}"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+}
+
+/// Whether a topic pattern can match a topic of any AWS account. SNS topic ARNs have six
+/// colon-separated parts and a topic name cannot contain a colon, so a six-part pattern
+/// whose account part has no wildcard pins the account; anything else does not.
+/// A pattern without wildcards, or one that cannot match an ARN at all, admits nothing
+/// foreign (the second gets its own warning).
+fn admits_any_account(pattern: &str) -> bool {
+    let wild = |s: &str| s.contains(['*', '?', '[', '{']);
+    if !wild(pattern) || !(pattern.starts_with("arn:") || pattern.starts_with(['*', '?', '[', '{'])) {
+        return false;
+    }
+    let parts: Vec<&str> = pattern.split(':').collect();
+    parts.len() != 6 || wild(parts[4])
+}
+
+/// `http://` to 127.0.0.0/8, ::1 or localhost: a sidecar or a test, not the network.
+fn loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    let Some(host) = uri.host() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_topic_patterns_admit_any_account() {
+        assert!(admits_any_account("*"));
+        assert!(admits_any_account("arn:aws:sns:*"));
+        assert!(admits_any_account("arn:aws:sns:*:*:alarms"));
+        assert!(admits_any_account("arn:aws:sns:us-east-1:1234*:alarms"));
+        assert!(!admits_any_account("arn:aws:sns:*:123456789012:alarms-*"));
+        assert!(!admits_any_account("arn:aws:sns:eu-west-1:210987654321:prod-alarms"));
+        assert!(!admits_any_account("alarms-prod"));
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(
+            loopback_url("http://127.0.0.1:9/x")
+                && loopback_url("http://localhost/x")
+                && loopback_url("http://[::1]:8/")
+        );
+        assert!(!loopback_url("http://hooks.example.com/x") && !loopback_url("http://10.0.0.1/x"));
+    }
+}
