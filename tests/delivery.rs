@@ -407,3 +407,62 @@ async fn metrics_show_the_process_and_how_long_the_oldest_delivery_waits() {
     assert!(m.trim_end().ends_with("# EOF") && m.matches("# EOF").count() == 1, "{m}");
     gw.shutdown().await;
 }
+
+/// A second sink, written outside the crate against the public seam: the worker loop
+/// drives it (order, retry, refusal to dead letter) without knowing what it is.
+struct RecordingSink {
+    seen: std::sync::Mutex<Vec<Vec<String>>>,
+    script: std::sync::Mutex<std::collections::VecDeque<webhook_relay::deliver::Verdict>>,
+}
+
+#[async_trait::async_trait]
+impl webhook_relay::deliver::Sink for RecordingSink {
+    async fn send(
+        &self,
+        dest: &webhook_relay::config::Destination,
+        items: &[webhook_relay::deliver::Item],
+    ) -> webhook_relay::deliver::Answer {
+        use webhook_relay::deliver::Verdict;
+        let names =
+            items.iter().map(|i| format!("{}:{}", dest.name, i.prepared.notification.envelope.message_id)).collect();
+        self.seen.lock().unwrap().push(names);
+        let verdict = self.script.lock().unwrap().pop_front().unwrap_or(Verdict::Done);
+        let outcome = match verdict {
+            Verdict::Done => "ok",
+            Verdict::Refused => "rejected",
+            _ => "server_error",
+        };
+        webhook_relay::deliver::Answer { verdict, outcome, detail: format!("test sink said {verdict:?}") }
+    }
+}
+
+#[tokio::test]
+async fn a_sink_outside_the_crate_plugs_into_the_worker() {
+    use webhook_relay::deliver::Verdict;
+    let sink = std::sync::Arc::new(RecordingSink {
+        seen: Default::default(),
+        script: std::sync::Mutex::new([Verdict::Retry, Verdict::Done, Verdict::Refused].into_iter().collect()),
+    });
+    let cfg = "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n\
+               [destinations.t]\nurl = \"http://127.0.0.1:9/unused\"\nrate = \"100/s\"\nburst = 10\n\
+               [[route]]\nname = \"all\"\nto = [\"t\"]\n";
+    let as_sink: std::sync::Arc<dyn webhook_relay::deliver::Sink> = sink.clone();
+    let gw = start_with(cfg, |s| s.sinks = Some(webhook_relay::deliver::Sinks { webhook: as_sink })).await;
+    assert_eq!(gw.post(alarm(signer(), "s1", "prod-a", "ALARM").to_string()).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.seen.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.post(alarm(signer(), "s2", "prod-b", "ALARM").to_string()).await.0, 200);
+    let dl = gw.wait_dead_letters(Duration::from_secs(10)).await;
+    let seen = sink.seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![vec!["t:s1".to_string()], vec!["t:s1".to_string()], vec!["t:s2".to_string()]]);
+    let letters = dl.list();
+    assert_eq!(letters.len(), 1);
+    let letter = letters[0].as_ref().unwrap();
+    assert_eq!((letter.reason.as_str(), letter.envelope.message_id.as_str()), ("test sink said Refused", "s2"));
+    let m = gw.metrics().await;
+    assert!(m.contains("webhook_relay_deliveries_total{destination=\"t\",outcome=\"server_error\"} 1"), "{m}");
+    assert!(m.contains("webhook_relay_delivery_retries_total{destination=\"t\"} 1"), "{m}");
+    gw.shutdown().await;
+}
