@@ -104,7 +104,10 @@ fn cert_cache(c: &mut Criterion) {
     let metrics = webhook_relay::metrics::Metrics::new();
     let store = webhook_relay::sns::CertStore::new(
         Some(dir.path().to_path_buf()),
-        webhook_relay::sns::Fetcher::new(std::time::Duration::from_secs(1)),
+        webhook_relay::sns::Fetcher::new(
+            webhook_relay::outbound::Outbound::new(&Default::default()).unwrap(),
+            std::time::Duration::from_secs(1),
+        ),
         metrics,
     );
     let url = format!("https://sns.us-west-2.amazonaws.com/{name}");

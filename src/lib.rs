@@ -21,7 +21,8 @@
 //!
 //! Ground floor, used by the stages and importing none of them: [`model`] (the
 //! notification), [`queue`] (the durable-queue seam), [`metrics`], [`shutdown`], [`dedup`]
-//! (MessageId memory). [`config`] validates routes.toml into the router and destinations.
+//! (MessageId memory), [`outbound`] (the one HTTP client: proxy, trust, no redirects).
+//! [`config`] validates routes.toml into the router and destinations.
 //!
 //! Stages, in pipeline order: [`sns`] (message types, trust rules, certificates,
 //! signature check), [`route`] (severity rules and the router), [`store`] (the local
@@ -52,6 +53,7 @@ pub mod deliver;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod outbound;
 pub mod queue;
 pub mod route;
 pub mod serve;

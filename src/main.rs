@@ -30,7 +30,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Validate a routes file; print every problem with its line; exit 1 if any.
     Check {
         #[arg(long, env = "WEBHOOK_RELAY_CONFIG", default_value = "routes.toml")]
@@ -125,6 +125,17 @@ struct Serve {
     /// Most undelivered messages kept before /sns answers 503.
     #[arg(long, env = "WEBHOOK_RELAY_MAX_STORED", default_value_t = 200_000)]
     max_stored: u64,
+    /// CA roots trusted for outbound TLS (Slack, SNS certificates): webpki (built in),
+    /// system (the platform store, SSL_CERT_FILE included) or both.
+    #[arg(long, env = "WEBHOOK_RELAY_TLS_ROOTS", default_value = "both")]
+    tls_roots: webhook_relay::outbound::TlsRoots,
+    /// A PEM bundle trusted in addition for outbound TLS (an inspecting proxy's CA).
+    #[arg(long, env = "WEBHOOK_RELAY_EXTRA_CA")]
+    extra_ca: Option<PathBuf>,
+    /// A proxy for every outbound request, instead of HTTPS_PROXY/HTTP_PROXY from the
+    /// environment; NO_PROXY still exempts hosts. Credentials in the URL are never logged.
+    #[arg(long, env = "WEBHOOK_RELAY_PROXY")]
+    proxy: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -148,7 +159,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Serve(s) => {
             init_logging(s.log_format);
-            serve(s)
+            serve(*s)
         }
         Command::Demo => commands::demo::run(&mut out),
         Command::Check { config } => commands::check::run(&config, &mut out),
@@ -178,6 +189,9 @@ fn serve(s: Serve) -> i32 {
     settings.shutdown_timeout = s.shutdown_timeout;
     settings.limits.max_body = s.max_body;
     settings.max_stored = s.max_stored;
+    settings.outbound.roots = s.tls_roots;
+    settings.outbound.extra_ca = s.extra_ca;
+    settings.outbound.proxy = s.proxy;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -71,6 +71,8 @@ pub struct Metrics {
     /// Age of the oldest delivery still waiting, by destination (sampled on scrape): the
     /// queue depth says how much is waiting, this says for how long.
     pub oldest_pending_seconds: Family<Named, Gauge<f64, AtomicU64>>,
+    /// 1, labelled with the proxy's host, when outbound requests go through a proxy.
+    pub outbound_proxy: Family<Named, Gauge>,
     /// The standard `process_*` metrics, unprefixed as every Prometheus client names them.
     process: Arc<Process>,
     /// Called before each render, to sample gauges that are cheaper to read than to keep.
@@ -219,6 +221,11 @@ impl Metrics {
             "Age of the oldest delivery waiting, by destination (0 when none waits)",
             Family::default()
         );
+        let outbound_proxy = reg!(
+            "outbound_proxy",
+            "1 when outbound requests go through a proxy; the label is its host (never credentials)",
+            Family::default()
+        );
         let build_info: Family<[(&'static str, &'static str); 1], Gauge> =
             reg!("build_info", "Always 1; the version label says which build runs", Family::default());
         build_info.get_or_create(&[("version", env!("CARGO_PKG_VERSION"))]).set(1);
@@ -255,6 +262,7 @@ impl Metrics {
             store_compactions,
             dedup_entries,
             oldest_pending_seconds,
+            outbound_proxy,
             process: Arc::new(Process::new()),
             samplers: Arc::new(Mutex::new(Vec::new())),
         }

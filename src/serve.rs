@@ -11,9 +11,10 @@ use anyhow::Context;
 
 use crate::config::reload::ConfigHandle;
 use crate::config::{self, Config};
-use crate::deliver::{self, slack, Deliverer, HttpClient, Sinks};
+use crate::deliver::{self, slack, Deliverer, Sinks};
 use crate::ingest::Gateway;
 use crate::metrics::Metrics;
+use crate::outbound::{Outbound, OutboundConfig};
 use crate::queue::Queue;
 use crate::server;
 use crate::shutdown::{self, ShutdownTrigger};
@@ -36,8 +37,9 @@ pub struct Settings {
     pub max_stored: u64,
     /// Deliveries each destination keeps in memory; the rest wait in the store only.
     pub queue_cap: usize,
-    /// Test seams: a fetcher trusting a local CA, and an injected clock.
-    pub fetcher: Option<Fetcher>,
+    /// The outbound client: trusted roots, extra CA, proxy.
+    pub outbound: OutboundConfig,
+    /// Test seam: an injected clock.
     pub clock: Option<Clock>,
     /// Test seam: the sinks destinations deliver through (default: Slack webhooks).
     pub sinks: Option<Sinks>,
@@ -58,7 +60,7 @@ impl Settings {
             limits: server::Limits::default(),
             max_stored: 200_000,
             queue_cap: deliver::DEFAULT_QUEUE_CAP,
-            fetcher: None,
+            outbound: OutboundConfig::default(),
             clock: None,
             sinks: None,
             webhook_timeout: Duration::from_secs(10),
@@ -120,10 +122,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tracing::error!(copy = %aside.display(), "store damage found at start; a copy of the file was set aside");
     }
     let queue: Arc<dyn Queue> = Arc::new(store);
-    let sinks = settings
-        .sinks
-        .clone()
-        .unwrap_or_else(|| Sinks { webhook: Arc::new(slack::Webhook::new(HttpClient::new(settings.webhook_timeout))) });
+    let outbound = Outbound::new(&settings.outbound)?;
+    if let Some(host) = outbound.proxy_host() {
+        tracing::info!(proxy = %host, "outbound requests go through a proxy (NO_PROXY exempts hosts)");
+        metrics.outbound_proxy.get_or_create(&Metrics::named("proxy_host", host)).set(1);
+    }
+    let sinks = settings.sinks.clone().unwrap_or_else(|| Sinks {
+        webhook: Arc::new(slack::Webhook::new(outbound.clone(), settings.webhook_timeout)),
+    });
     let deliver = Deliverer::new(
         queue.clone(),
         config.clone(),
@@ -139,7 +145,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if !dev.is_empty() {
         tracing::warn!(prefixes = ?settings.dev_url_prefixes, "--sns-dev-url-prefix set: URLs under these prefixes are trusted without the SNS host check; never use this in production");
     }
-    let fetcher = settings.fetcher.clone().unwrap_or_else(|| Fetcher::new(Duration::from_secs(5)));
+    let fetcher = Fetcher::new(outbound, Duration::from_secs(5));
     let certs = CertStore::new(settings.sns_cert_dir.clone(), fetcher.clone(), metrics.clone());
     let clock = settings.clock.clone().unwrap_or_else(sns::system_clock);
     let verifier = Verifier::new(certs, fetcher, dev, clock, metrics.clone());

@@ -8,10 +8,25 @@ use std::time::Duration;
 
 use serde_json::Value;
 use webhook_relay::metrics::Metrics;
-use webhook_relay::sns::{self, CertStore, DevPrefixes, Fetcher, Policy, SigningCert, SnsError, SnsMessage, Verifier};
+use webhook_relay::sns::{self, CertStore, DevPrefixes, Policy, SigningCert, SnsError, SnsMessage, Verifier};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sns-real")
+}
+
+/// A fetcher whose every connection fails (through a proxy nobody runs). One client for
+/// the whole binary: building one reads the trust store.
+fn unreachable_fetcher() -> sns::Fetcher {
+    static CLIENT: std::sync::OnceLock<webhook_relay::outbound::Outbound> = std::sync::OnceLock::new();
+    let outbound = CLIENT.get_or_init(|| {
+        let cfg = webhook_relay::outbound::OutboundConfig {
+            proxy: Some("http://127.0.0.1:9".into()),
+            no_proxy: Some(String::new()),
+            ..Default::default()
+        };
+        webhook_relay::outbound::Outbound::new(&cfg).unwrap()
+    });
+    sns::Fetcher::new(outbound.clone(), Duration::from_millis(200))
 }
 
 fn manifest() -> Vec<Value> {
@@ -23,7 +38,7 @@ fn manifest() -> Vec<Value> {
 fn verifier_at(msg: &SnsMessage, pinned: &std::path::Path) -> Verifier {
     let at = msg.timestamp;
     // A fetcher that can reach nothing: the pinned file must be what answers.
-    let fetcher = Fetcher::with_roots(Duration::from_millis(200), &[], Some("127.0.0.1:9".parse().unwrap()));
+    let fetcher = unreachable_fetcher();
     let metrics = Metrics::new();
     Verifier::new(
         CertStore::new(Some(pinned.to_path_buf()), fetcher.clone(), metrics.clone()),
@@ -158,7 +173,7 @@ async fn real_messages_are_refused_at_todays_clock() {
     let body = std::fs::read(fixtures().join(e["file"].as_str().unwrap())).unwrap();
     let msg = SnsMessage::parse(&body).unwrap();
     let metrics = Metrics::new();
-    let fetcher = Fetcher::with_roots(Duration::from_millis(200), &[], Some("127.0.0.1:9".parse().unwrap()));
+    let fetcher = unreachable_fetcher();
     let v = Verifier::new(
         CertStore::new(None, fetcher.clone(), metrics.clone()),
         fetcher,

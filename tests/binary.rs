@@ -391,3 +391,49 @@ async fn logs_name_the_alarm_and_print_muted_routes_plainly() {
     assert!(!text.contains(&url), "a webhook URL in the log:\n{text}");
     assert!(!text.contains('\x1b'), "terminal colour codes in a log file:\n{text}");
 }
+
+#[tokio::test]
+async fn https_proxy_from_the_environment_with_credentials_never_logged() {
+    use support::proxy::{tls_front, Mode, Proxy, TestCa};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("corp root");
+    let sink = SlackSink::start().await.unwrap();
+    let front = tls_front(&ca, &["hooks.slack.test"], sink.addr).await;
+    let proxy = Proxy::start(Mode::Tunnel { to: front }, Some("relay:s3cret")).await;
+    let ca_file = ca.write_pem(dir.path());
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n[destinations.c]\nurl = \"env:SLACK_C\"\n\
+         [[route]]\nname = \"all\"\nto = [\"c\"]\n",
+    )
+    .unwrap();
+    signer().pin_into(&dir.path().join("certs")).unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), port, admin);
+    let mut child = cmd
+        .args(["--tls-roots", "webpki", "--extra-ca"])
+        .arg(&ca_file)
+        .env("SLACK_C", "https://hooks.slack.test/hook/c")
+        .env("HTTPS_PROXY", proxy.url_with("relay:s3cret"))
+        .env("no_proxy", "example.org")
+        .env("WEBHOOK_RELAY_LOG", "webhook_relay=debug")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_ready(admin).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    let body = alarm(signer(), "e1", "prod-env", "ALARM").to_string();
+    assert_eq!(reqwest_like::Client.post(addr, "/sns", &[], body.into()).await.0, 200);
+    let delivered = sink.wait_until(Duration::from_secs(10), |_| sink.delivered("c").len() == 1).await;
+    let metrics = reqwest_like::Client.get(([127, 0, 0, 1], admin).into(), "/metrics").await.1;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(delivered, "not delivered through HTTPS_PROXY: {:?}\n{text}", proxy.connects());
+    assert_eq!(proxy.connects(), vec!["hooks.slack.test:443".to_string()]);
+    assert!(text.contains("outbound requests go through a proxy") && text.contains("proxy=127.0.0.1"), "{text}");
+    assert!(metrics.contains("webhook_relay_outbound_proxy{proxy_host=\"127.0.0.1\"} 1"), "{metrics}");
+    assert!(!text.contains("s3cret") && !metrics.contains("s3cret"), "proxy credentials printed:\n{text}");
+}

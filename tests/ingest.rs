@@ -112,10 +112,10 @@ async fn oversized_body_gets_413() {
 async fn certificate_fetched_over_https_once_for_a_burst() {
     let sink = SlackSink::start().await.unwrap();
     let host = FakeSnsHost::start(signer().cert_pem.clone(), Duration::from_millis(200)).await;
-    let fetcher = host.fetcher();
+    let outbound = host.outbound();
     let gw = start_with(&routes(&sink, ""), |s| {
         s.sns_cert_dir = None;
-        s.fetcher = Some(fetcher);
+        s.outbound = outbound;
     })
     .await;
     let mut handles = Vec::new();
@@ -141,11 +141,9 @@ async fn certificate_fetched_over_https_once_for_a_burst() {
 async fn unreachable_certificate_host_gets_503() {
     let sink = SlackSink::start().await.unwrap();
     // Nothing listens on port 9 of localhost: connection refused.
-    let fetcher =
-        webhook_relay::sns::Fetcher::with_roots(Duration::from_secs(1), &[], Some("127.0.0.1:9".parse().unwrap()));
     let gw = start_with(&routes(&sink, ""), |s| {
         s.sns_cert_dir = None;
-        s.fetcher = Some(fetcher);
+        s.outbound = unreachable();
     })
     .await;
     let (status, text) = gw.post(alarm(signer(), "n-1", "prod-a", "ALARM").to_string()).await;
@@ -158,8 +156,8 @@ async fn unreachable_certificate_host_gets_503() {
 async fn subscriptions_confirmed_only_for_allowed_topics() {
     let sink = SlackSink::start().await.unwrap();
     let host = FakeSnsHost::start(signer().cert_pem.clone(), Duration::ZERO).await;
-    let fetcher = host.fetcher();
-    let gw = start_with(&routes(&sink, ""), |s| s.fetcher = Some(fetcher)).await;
+    let outbound = host.outbound();
+    let gw = start_with(&routes(&sink, ""), |s| s.outbound = outbound).await;
     let url = format!("https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=t");
     let sub = signer().subscription(TOPIC, &url);
     assert_eq!(gw.post(sub.to_string()).await, (200, "subscription_confirmed\n".into()));

@@ -7,10 +7,9 @@
 //! - `retry`: backoff with full jitter and the retry budget;
 //! - `history`: each alarm's history, for "lasted 5m" and late state changes;
 //! - `sink`: the seam a destination kind implements (render, send, classify the answer);
-//!   `slack` is the incoming-webhook sink, `client` its HTTP client;
+//!   `slack` is the incoming-webhook sink (over the one [`crate::outbound`] client);
 //! - `dead_letters`: writing a dead letter and taking replays back in.
 
-pub mod client;
 pub mod dead_letters;
 pub mod history;
 pub mod queue;
@@ -23,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use client::{HttpClient, PostError, Response};
 pub use queue::DEFAULT_QUEUE_CAP;
 pub use sink::{Answer, Item, Sink, Verdict};
 

@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::client::{HttpClient, PostError, Response};
 pub use super::history::History;
 use super::sink::{Answer, Item, Sink, Verdict};
 use crate::config::Destination;
 use crate::model::{truncate, Alarm, Notification, Prepared};
+use crate::outbound::{Outbound, PostError, Response};
 
 /// Block Kit limits we stay inside.
 pub const MAX_SECTION: usize = 3000;
@@ -47,12 +47,14 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The incoming-webhook sink: one JSON POST to the destination's URL.
 pub struct Webhook {
-    client: HttpClient,
+    outbound: Outbound,
+    /// Per post: a webhook that has not answered by then is retried.
+    timeout: Duration,
 }
 
 impl Webhook {
-    pub fn new(client: HttpClient) -> Webhook {
-        Webhook { client }
+    pub fn new(outbound: Outbound, timeout: Duration) -> Webhook {
+        Webhook { outbound, timeout }
     }
 }
 
@@ -73,7 +75,7 @@ impl Sink for Webhook {
             Ok(b) => Bytes::from(b),
             Err(e) => return Answer { verdict: Verdict::Refused, outcome: "rejected", detail: e.to_string() },
         };
-        judge(&self.client.post_json(&dest.url, body).await)
+        judge(&self.outbound.post_json(dest.url.expose(), body, self.timeout).await)
     }
 }
 

@@ -15,6 +15,8 @@ use hyper_util::rt::TokioIo;
 pub use webhook_relay::testkit::{signer::alarm_message, Reply, SlackSink, TestSigner};
 use webhook_relay::{Running, Settings};
 
+pub mod proxy;
+
 pub const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:alarms-prod";
 
 /// One RSA key per test binary: generating 2048-bit keys is the slow part of a test.
@@ -265,12 +267,22 @@ impl FakeSnsHost {
         FakeSnsHost { addr, ca_der: ca.der().clone(), requests, cert_fetches }
     }
 
-    /// A fetcher that trusts this host's CA and connects here for any name.
-    pub fn fetcher(&self) -> webhook_relay::sns::Fetcher {
-        webhook_relay::sns::Fetcher::with_roots(
-            Duration::from_secs(2),
-            std::slice::from_ref(&self.ca_der),
-            Some(self.addr),
-        )
+    /// An outbound client setting that trusts this host's CA and resolves the SNS host
+    /// name to it.
+    pub fn outbound(&self) -> webhook_relay::outbound::OutboundConfig {
+        webhook_relay::outbound::OutboundConfig {
+            extra_roots: vec![self.ca_der.clone()],
+            resolve: vec![("sns.us-east-1.amazonaws.com".to_string(), self.addr)],
+            ..Default::default()
+        }
+    }
+}
+
+/// An outbound client whose every connection fails (through a proxy nobody runs).
+pub fn unreachable() -> webhook_relay::outbound::OutboundConfig {
+    webhook_relay::outbound::OutboundConfig {
+        proxy: Some("http://127.0.0.1:9".into()),
+        no_proxy: Some("".into()),
+        ..Default::default()
     }
 }
