@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
+use crate::aws::sns_api::SnsApi;
 use crate::config::reload::ConfigHandle;
-use crate::config::Config;
+use crate::config::{Config, ConfirmMode};
 use crate::dedup::{self, MessageKey};
 use crate::deliver::Deliverer;
 use crate::metrics::Metrics;
@@ -79,6 +80,8 @@ impl IngestError {
 /// The assembled pipeline.
 pub struct Gateway {
     pub(crate) verifier: Verifier,
+    /// For `confirm = "api"`.
+    pub(crate) sns_api: SnsApi,
     pub(crate) config: Arc<ConfigHandle>,
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) deliver: Deliverer,
@@ -178,6 +181,22 @@ impl Gateway {
             self.metrics.subscriptions.get_or_create(&[("outcome", "auto_confirm_off")]).inc();
             tracing::warn!(topic = %topic, "SubscriptionConfirmation received; auto_confirm is off, confirm it by hand");
             return Ok(Outcome::SubscriptionNotConfirmed);
+        }
+        if config.sns.confirm == ConfirmMode::Api {
+            let token = verified.get().token.as_deref().unwrap_or_default();
+            return match self.sns_api.confirm_subscription(topic, token).await {
+                Ok(arn) => {
+                    self.metrics.subscriptions.get_or_create(&[("outcome", "confirmed_api")]).inc();
+                    tracing::info!(topic = %topic, subscription = %arn, "subscription confirmed through the SNS API (unsubscribing needs AWS credentials)");
+                    Ok(Outcome::SubscriptionConfirmed)
+                }
+                Err(e) => {
+                    self.metrics.subscriptions.get_or_create(&[("outcome", "failed")]).inc();
+                    self.metrics.sns_api_errors.get_or_create(&Metrics::named("code", e.code())).inc();
+                    tracing::error!(topic = %topic, code = e.code(), error = %e, "ConfirmSubscription failed; SNS will resend the confirmation");
+                    Err(IngestError::Confirm(e.to_string()))
+                }
+            };
         }
         match self.verifier.confirm_subscription(&verified).await {
             Ok(()) => {

@@ -28,6 +28,9 @@
 //! signature check), [`route`] (severity rules and the router), [`store`] (the local
 //! log: the first [`queue::Queue`]), [`deliver`] (workers, retry policy, sinks).
 //!
+//! [`aws`] holds the credentials chain, SigV4 signing and the SNS API call used by
+//! `confirm = "api"`.
+//!
 //! Wiring: [`ingest`] (the door's pipeline and its error-to-status mapping), [`server`]
 //! (listeners, TLS, admin endpoints), [`serve`] (assembles everything). [`commands`] holds
 //! the other command-line tools (`check`, `route-test`, `demo`, `dead-letters`) and
@@ -46,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod commands;
 pub mod config;
 pub mod dedup;

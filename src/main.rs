@@ -192,6 +192,7 @@ fn serve(s: Serve) -> i32 {
     settings.outbound.roots = s.tls_roots;
     settings.outbound.extra_ca = s.extra_ca;
     settings.outbound.proxy = s.proxy;
+    settings.aws_env = webhook_relay::aws::Env::from_process();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -71,6 +71,8 @@ pub struct Metrics {
     /// Age of the oldest delivery still waiting, by destination (sampled on scrape): the
     /// queue depth says how much is waiting, this says for how long.
     pub oldest_pending_seconds: Family<Named, Gauge<f64, AtomicU64>>,
+    /// SNS API calls that failed, by AWS's error code (or NoCredentials, Unreachable).
+    pub sns_api_errors: Family<Named, Counter>,
     /// 1, labelled with the proxy's host, when outbound requests go through a proxy.
     pub outbound_proxy: Family<Named, Gauge>,
     /// The standard `process_*` metrics, unprefixed as every Prometheus client names them.
@@ -221,6 +223,7 @@ impl Metrics {
             "Age of the oldest delivery waiting, by destination (0 when none waits)",
             Family::default()
         );
+        let sns_api_errors = reg!("sns_api_errors", "SNS API calls that failed, by AWS error code", Family::default());
         let outbound_proxy = reg!(
             "outbound_proxy",
             "1 when outbound requests go through a proxy; the label is its host (never credentials)",
@@ -263,6 +266,7 @@ impl Metrics {
             dedup_entries,
             oldest_pending_seconds,
             outbound_proxy,
+            sns_api_errors,
             process: Arc::new(Process::new()),
             samplers: Arc::new(Mutex::new(Vec::new())),
         }

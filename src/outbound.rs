@@ -226,6 +226,37 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// Sends a prepared request (AWS API calls: signed headers are kept as they are) and
+    /// returns the status and at most `max_body` bytes of the answer.
+    pub async fn send(
+        &self,
+        request: http::Request<Bytes>,
+        max_body: usize,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), FetchError> {
+        let request = reqwest::Request::try_from(request).map_err(|_| FetchError::BadUrl)?;
+        let fut = async {
+            let response = self.client.execute(request).await.map_err(|e| {
+                if e.is_connect() {
+                    FetchError::Connect
+                } else if e.is_timeout() {
+                    FetchError::Timeout
+                } else {
+                    FetchError::Http(e.without_url().to_string())
+                }
+            })?;
+            let status = response.status().as_u16();
+            match read_capped(response, max_body).await {
+                Ok((body, false)) => Ok((status, body)),
+                Ok((_, true)) => Err(FetchError::TooLarge(max_body)),
+                Err(e) => Err(FetchError::Http(e.without_url().to_string())),
+            }
+        };
+        tokio::time::timeout(timeout, fut).await.map_err(|_| FetchError::Timeout)?
+    }
+}
+
 fn post_error(e: reqwest::Error) -> PostError {
     if e.is_timeout() {
         PostError::Timeout

@@ -39,6 +39,9 @@ pub struct Settings {
     pub queue_cap: usize,
     /// The outbound client: trusted roots, extra CA, proxy.
     pub outbound: OutboundConfig,
+    /// The `AWS_*` environment (credentials, endpoints) for `confirm = "api"`. Empty unless
+    /// the caller captures the process's.
+    pub aws_env: crate::aws::Env,
     /// Test seam: an injected clock.
     pub clock: Option<Clock>,
     /// Test seam: the sinks destinations deliver through (default: Slack webhooks).
@@ -61,6 +64,7 @@ impl Settings {
             max_stored: 200_000,
             queue_cap: deliver::DEFAULT_QUEUE_CAP,
             outbound: OutboundConfig::default(),
+            aws_env: crate::aws::Env::default(),
             clock: None,
             sinks: None,
             webhook_timeout: Duration::from_secs(10),
@@ -145,12 +149,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if !dev.is_empty() {
         tracing::warn!(prefixes = ?settings.dev_url_prefixes, "--sns-dev-url-prefix set: URLs under these prefixes are trusted without the SNS host check; never use this in production");
     }
+    let sns_api = crate::aws::sns_api::SnsApi::new(settings.aws_env.clone(), outbound.clone());
     let fetcher = Fetcher::new(outbound, Duration::from_secs(5));
     let certs = CertStore::new(settings.sns_cert_dir.clone(), fetcher.clone(), metrics.clone());
     let clock = settings.clock.clone().unwrap_or_else(sns::system_clock);
     let verifier = Verifier::new(certs, fetcher, dev, clock, metrics.clone());
     let gateway = Arc::new(Gateway {
         verifier,
+        sns_api,
         config: config.clone(),
         queue: queue.clone(),
         deliver: deliver.clone(),

@@ -26,6 +26,19 @@ pub struct SnsConfig {
     topics: globset::GlobSet,
     pub max_age: Duration,
     pub auto_confirm: bool,
+    pub confirm: ConfirmMode,
+}
+
+/// How an allowed topic's subscription is confirmed (`[sns] confirm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConfirmMode {
+    /// GET the SubscribeURL (no credentials needed; anyone with an UnsubscribeURL can
+    /// then unsubscribe the endpoint).
+    #[default]
+    Url,
+    /// The SNS `ConfirmSubscription` action with `AuthenticateOnUnsubscribe=true`,
+    /// SigV4-signed: unsubscribing then needs AWS credentials.
+    Api,
 }
 
 impl SnsConfig {

@@ -9,8 +9,8 @@ use toml::Spanned;
 use super::duration::{parse_duration, parse_rate};
 use super::secret::{self, Secret, SecretSource};
 use super::{
-    Config, ConfigError, Destination, Problem, RetryBudget, Secrets, SnsConfig, DEFAULT_BURST, DEFAULT_MAX_AGE,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AGE, DEFAULT_RATE, STATES,
+    Config, ConfigError, ConfirmMode, Destination, Problem, RetryBudget, Secrets, SnsConfig, DEFAULT_BURST,
+    DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AGE, DEFAULT_RATE, STATES,
 };
 use crate::route::matcher::{FieldPatterns, Literals, Pattern};
 use crate::route::severity::{SeverityField, SeverityRule, SeverityRules};
@@ -39,6 +39,7 @@ struct RawSns {
     topics: Spanned<Vec<Spanned<String>>>,
     max_age: Option<Spanned<String>>,
     auto_confirm: Option<bool>,
+    confirm: Option<Spanned<String>>,
     /// Accept that a topic pattern admits any AWS account while `auto_confirm` is on.
     #[serde(default)]
     allow_any_account: bool,
@@ -216,8 +217,18 @@ impl Validator<'_> {
                 }
             },
         };
+        let confirm = match raw.confirm.as_ref().map(|c| c.get_ref().as_str()) {
+            None | Some("url") => ConfirmMode::Url,
+            Some("api") => ConfirmMode::Api,
+            Some(other) => {
+                if let Some(c) = &raw.confirm {
+                    self.error(c, format!("confirm = {other:?}: expected \"url\" or \"api\""));
+                }
+                ConfirmMode::Url
+            }
+        };
         let topics = set.build().ok()?;
-        Some(SnsConfig { topics, max_age, auto_confirm: raw.auto_confirm.unwrap_or(true) })
+        Some(SnsConfig { topics, max_age, auto_confirm: raw.auto_confirm.unwrap_or(true), confirm })
     }
 
     fn severity(&mut self, raw: Option<RawSeverity>) -> Option<SeverityRules> {
