@@ -437,3 +437,25 @@ async fn https_proxy_from_the_environment_with_credentials_never_logged() {
     assert!(metrics.contains("webhook_relay_outbound_proxy{proxy_host=\"127.0.0.1\"} 1"), "{metrics}");
     assert!(!text.contains("s3cret") && !metrics.contains("s3cret"), "proxy credentials printed:\n{text}");
 }
+
+#[test]
+fn route_test_reads_every_eventbridge_sample() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = root.join("routes.toml");
+    let cases = [
+        ("cloudwatch-metric-alarm", "alarm: prod-api-cpu-critical -> ALARM"),
+        ("cloudwatch-composite-alarm", "alarm: prod-checkout-degraded-critical -> ALARM"),
+        ("guardduty-finding", "EventBridge event: GuardDuty Finding from aws.guardduty"),
+        ("health-event", "EventBridge event: AWS Health Event from aws.health"),
+        ("backup-job-failed", "EventBridge event: Backup Job State Change from aws.backup"),
+    ];
+    for (name, says) in cases {
+        let sample = root.join(format!("examples/eventbridge/{name}.json"));
+        let out =
+            Command::new(BIN).args(["route-test", "--payload", "--config"]).arg(&config).arg(&sample).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {text}");
+        assert!(text.contains(says), "{name}: {text}");
+        assert!(text.contains("\"attachments\"") && !text.contains("\\\"detail\\\""), "{name}: {text}");
+    }
+}

@@ -466,3 +466,75 @@ async fn a_sink_outside_the_crate_plugs_into_the_worker() {
     assert!(m.contains("webhook_relay_delivery_retries_total{destination=\"t\"} 1"), "{m}");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn eventbridge_events_route_by_source_and_detail_type_and_render_readably() {
+    let sink = SlackSink::start().await.unwrap();
+    let cfg = format!(
+        r#"
+[sns]
+topics = ["arn:aws:sns:*:123456789012:alarms-*"]
+[severity]
+rules = [{{ field = "alarm_name", regex = '-(critical)$' }}]
+[destinations.sec]
+url = "{sec}"
+rate = "100/s"
+burst = 10
+[destinations.health]
+url = "{health}"
+rate = "100/s"
+burst = 10
+[destinations.alarms]
+url = "{alarms}"
+rate = "100/s"
+burst = 10
+[[route]]
+name = "security"
+source = ["aws.guardduty"]
+to = ["sec"]
+[[route]]
+name = "health"
+detail_type = ["AWS Health Event", "Backup Job State Change"]
+to = ["health"]
+[[route]]
+name = "eu-critical"
+account = ["210987654321"]
+region = ["eu-west-1"]
+severity = ["critical"]
+state = ["ALARM"]
+to = ["alarms"]
+"#,
+        sec = sink.url("sec"),
+        health = sink.url("health"),
+        alarms = sink.url("alarms")
+    );
+    let gw = start(&cfg).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/eventbridge");
+    for (i, name) in
+        ["guardduty-finding", "health-event", "backup-job-failed", "cloudwatch-metric-alarm"].iter().enumerate()
+    {
+        let message = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+        let body = signer().notification(TOPIC, &format!("eb{i}"), None, &message).to_string();
+        assert_eq!(gw.post(body).await, (200, "accepted\n".to_string()), "{name}");
+    }
+    let done = |_: &[webhook_relay::testkit::Post]| {
+        sink.delivered("sec").len() == 1 && sink.delivered("health").len() == 2 && sink.delivered("alarms").len() == 1
+    };
+    assert!(
+        sink.wait_until(Duration::from_secs(10), done).await,
+        "{:?}",
+        sink.posts().iter().map(|p| &p.channel).collect::<Vec<_>>()
+    );
+    let sec = serde_json::to_string(&sink.delivered("sec")[0].body).unwrap();
+    assert!(sec.contains("GuardDuty Finding") && sec.contains("UnauthorizedAccess:EC2/SSHBruteForce"), "{sec}");
+    assert!(!sec.contains("schemaVersion"), "a raw JSON dump: {sec}");
+    let alarm = &sink.delivered("alarms")[0].body;
+    let text = alarm["text"].as_str().unwrap();
+    assert!(text.contains("ALARM") && text.contains("prod-api-cpu-critical"), "{text}");
+    let rendered = serde_json::to_string(alarm).unwrap();
+    assert!(
+        rendered.contains("eu-west-1.console.aws.amazon.com") && rendered.contains("210987654321 / eu-west-1"),
+        "{rendered}"
+    );
+    gw.shutdown().await;
+}

@@ -40,9 +40,14 @@ pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn
         Some(a) => {
             let _ = writeln!(out, "alarm: {} -> {}", a.name, a.new_state);
         }
-        None => {
-            let _ = writeln!(out, "not a CloudWatch alarm (sent as Subject and Message)");
-        }
+        None => match &n.event {
+            Some(e) => {
+                let _ = writeln!(out, "EventBridge event: {} from {}", e.detail_type, e.source);
+            }
+            None => {
+                let _ = writeln!(out, "not a CloudWatch alarm (sent as Subject and Message)");
+            }
+        },
     }
     if let Some(m) = &decision.muted {
         let _ = writeln!(out, "muted by route: {m}");
@@ -102,7 +107,8 @@ fn door_refusal(config: &Config, envelope: &Envelope, text: &str) -> Option<Stri
     }
 }
 
-/// An SNS message (HTTP or Lambda shape), or alarm JSON wrapped as if SNS had sent it.
+/// An SNS message (HTTP or Lambda shape), or alarm or EventBridge event JSON wrapped as if
+/// SNS had sent it.
 fn envelope_from(text: &str) -> Option<Envelope> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
@@ -113,6 +119,19 @@ fn envelope_from(text: &str) -> Option<Envelope> {
             subject: get("Subject"),
             message,
             timestamp: get("Timestamp").unwrap_or_default(),
+            fallback_from: None,
+        });
+    }
+    if let Some((event, _)) = crate::model::parse_event(text) {
+        // A bare EventBridge event: as if its rule had sent it to a topic in its account.
+        let region = event.region.unwrap_or_else(|| "us-east-1".into());
+        let account = event.account.unwrap_or_else(|| "000000000000".into());
+        return Some(Envelope {
+            message_id: "route-test".into(),
+            topic_arn: format!("arn:aws:sns:{region}:{account}:route-test"),
+            subject: None,
+            message: text.to_string(),
+            timestamp: String::new(),
             fallback_from: None,
         });
     }

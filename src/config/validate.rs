@@ -97,6 +97,10 @@ struct RawRoute {
     not_account: Values,
     region: Values,
     not_region: Values,
+    source: Values,
+    not_source: Values,
+    detail_type: Values,
+    not_detail_type: Values,
     to: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default, rename = "continue")]
     continue_: bool,
@@ -451,6 +455,8 @@ impl Validator<'_> {
                 (Field::Topic, r.topic, r.not_topic),
                 (Field::Account, r.account, r.not_account),
                 (Field::Region, r.region, r.not_region),
+                (Field::Source, r.source, r.not_source),
+                (Field::DetailType, r.detail_type, r.not_detail_type),
             ];
             for (field, any, none) in pairs {
                 let any = any.map(|v| self.patterns(&name, field, false, v));

@@ -215,6 +215,12 @@ pub fn headline(n: &Notification) -> String {
 /// A notification that is not an alarm is named by its Subject, or else by the start of
 /// its Message (first line, 80 characters): a digest line must say what it is.
 fn untitled_headline(n: &Notification) -> String {
+    if let Some(e) = &n.event {
+        return match &e.title {
+            Some(t) => format!("{}: {t}", e.detail_type),
+            None => e.detail_type.clone(),
+        };
+    }
     if let Some(s) = n.envelope.subject.as_deref().filter(|s| !s.trim().is_empty()) {
         return s.to_string();
     }
@@ -319,7 +325,37 @@ fn comparison(op: &str) -> &'static str {
     }
 }
 
+/// An EventBridge event that is not an alarm: what happened, where, to what; never the
+/// raw JSON.
+fn event_blocks(n: &Notification, e: &crate::model::AwsEvent, notes: &mut Vec<String>) -> (String, Vec<Value>) {
+    let text = escape(&untitled_headline(n));
+    let mut blocks = vec![json!({"type": "section", "text": {"type": "mrkdwn",
+        "text": cut(&format!("*{text}*\n`{}`", escape(&e.source)), MAX_SECTION, "title", notes)}})];
+    let mut fields = Vec::new();
+    let account = n.account.as_deref().unwrap_or("?");
+    let region = n.region.as_deref().unwrap_or("?");
+    fields.push(field("Account / region", &format!("{account} / {region}"), notes));
+    for (label, value) in e.fields.iter().filter(|(l, _)| l != "Description") {
+        fields.push(field(label, value, notes));
+    }
+    if !e.resources.is_empty() {
+        fields.push(field("Resources", &e.resources.join("\n"), notes));
+    }
+    if let Some(t) = &e.time {
+        fields.push(field("Time", t, notes));
+    }
+    fields.truncate(MAX_FIELDS);
+    blocks.push(json!({"type": "section", "fields": fields}));
+    if let Some((_, d)) = e.fields.iter().find(|(l, _)| l == "Description") {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&escape(d), MAX_SECTION, "description", notes)}}));
+    }
+    (text, blocks)
+}
+
 fn other_blocks(n: &Notification, notes: &mut Vec<String>) -> (String, Vec<Value>) {
+    if let Some(e) = &n.event {
+        return event_blocks(n, e, notes);
+    }
     let text = escape(&untitled_headline(n));
     // JSON messages are pretty-printed so a human can read them in the channel.
     let body = match serde_json::from_str::<Value>(&n.envelope.message) {

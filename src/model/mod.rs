@@ -4,10 +4,12 @@
 //! few helpers all stages use. It imports no stage: stages import it.
 
 pub mod alarm;
+pub mod event;
 
 use serde::{Deserialize, Serialize};
 
 pub use alarm::{parse_alarm, Alarm, Trigger};
+pub use event::{parse_event, AwsEvent};
 
 /// What the gateway keeps of an accepted SNS Notification (everything delivery needs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,8 +32,12 @@ pub struct Envelope {
 #[derive(Debug, Clone)]
 pub struct Notification {
     pub envelope: Envelope,
+    /// A CloudWatch alarm state change: a classic alarm notification, or the alarm in an
+    /// EventBridge "CloudWatch Alarm State Change" event.
     pub alarm: Option<Alarm>,
-    /// Region code (`us-east-1`), from the alarm ARN or else the topic ARN.
+    /// The EventBridge event the Message is, when it is one.
+    pub event: Option<AwsEvent>,
+    /// Region code (`us-east-1`): the alarm ARN's, else the event's, else the topic's.
     pub region: Option<String>,
     pub account: Option<String>,
     /// Partition of the topic (`aws`, `aws-cn`, ...), for console links.
@@ -47,7 +53,13 @@ pub struct Prepared {
 
 impl Notification {
     pub fn from_envelope(envelope: Envelope) -> Notification {
-        let alarm = parse_alarm(&envelope.message);
+        let (alarm, event) = match parse_alarm(&envelope.message) {
+            Some(alarm) => (Some(alarm), None),
+            None => match parse_event(&envelope.message) {
+                Some((event, alarm)) => (alarm, Some(event)),
+                None => (None, None),
+            },
+        };
         let topic = TopicArn::parse(&envelope.topic_arn);
         let alarm_arn_region = alarm
             .as_ref()
@@ -55,14 +67,17 @@ impl Notification {
             .and_then(|arn| arn.split(':').nth(3))
             .filter(|r| !r.is_empty())
             .map(str::to_string);
-        let region = alarm_arn_region.or_else(|| topic.as_ref().map(|t| t.region.to_string()));
+        let region = alarm_arn_region
+            .or_else(|| event.as_ref().and_then(|e| e.region.clone()))
+            .or_else(|| topic.as_ref().map(|t| t.region.to_string()));
         let account = alarm
             .as_ref()
             .and_then(|a| a.account.clone())
+            .or_else(|| event.as_ref().and_then(|e| e.account.clone()))
             .or_else(|| topic.as_ref().map(|t| t.account.to_string()))
             .filter(|a| !a.is_empty());
         let partition = topic.as_ref().map(|t| t.partition.to_string()).unwrap_or_else(|| "aws".into());
-        Notification { envelope, alarm, region, account, partition }
+        Notification { envelope, alarm, event, region, account, partition }
     }
 
     pub fn state(&self) -> Option<&str> {

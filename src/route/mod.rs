@@ -31,11 +31,23 @@ pub enum Field {
     Topic,
     Account,
     Region,
+    /// An EventBridge event's `source` (`aws.guardduty`).
+    Source,
+    /// An EventBridge event's `detail-type` (`GuardDuty Finding`).
+    DetailType,
 }
 
 impl Field {
-    const ALL: [Field; 6] =
-        [Field::AlarmName, Field::Severity, Field::State, Field::Topic, Field::Account, Field::Region];
+    const ALL: [Field; 8] = [
+        Field::AlarmName,
+        Field::Severity,
+        Field::State,
+        Field::Topic,
+        Field::Account,
+        Field::Region,
+        Field::Source,
+        Field::DetailType,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
@@ -45,6 +57,8 @@ impl Field {
             Field::Topic => "topic",
             Field::Account => "account",
             Field::Region => "region",
+            Field::Source => "source",
+            Field::DetailType => "detail_type",
         }
     }
 
@@ -87,6 +101,8 @@ pub struct Facts<'a> {
     pub topic: &'a str,
     pub account: Option<&'a str>,
     pub region: Option<&'a str>,
+    pub source: Option<&'a str>,
+    pub detail_type: Option<&'a str>,
 }
 
 impl<'a> Facts<'a> {
@@ -98,6 +114,8 @@ impl<'a> Facts<'a> {
             topic: &n.envelope.topic_arn,
             account: n.account.as_deref(),
             region: n.region.as_deref(),
+            source: n.event.as_ref().map(|e| e.source.as_str()),
+            detail_type: n.event.as_ref().map(|e| e.detail_type.as_str()),
         }
     }
 
@@ -109,6 +127,8 @@ impl<'a> Facts<'a> {
             Field::Topic => Some(self.topic),
             Field::Account => self.account,
             Field::Region => self.region,
+            Field::Source => self.source,
+            Field::DetailType => self.detail_type,
         }
     }
 }
