@@ -132,6 +132,9 @@ struct Serve {
     /// A PEM bundle trusted in addition for outbound TLS (an inspecting proxy's CA).
     #[arg(long, env = "WEBHOOK_RELAY_EXTRA_CA")]
     extra_ca: Option<PathBuf>,
+    /// The Slack Web API's base URL, for app destinations (token + channel).
+    #[arg(long, env = "WEBHOOK_RELAY_SLACK_API_URL", default_value = "https://slack.com/api/")]
+    slack_api_url: String,
     /// A proxy for every outbound request, instead of HTTPS_PROXY/HTTP_PROXY from the
     /// environment; NO_PROXY still exempts hosts. Credentials in the URL are never logged.
     #[arg(long, env = "WEBHOOK_RELAY_PROXY")]
@@ -192,6 +195,7 @@ fn serve(s: Serve) -> i32 {
     settings.outbound.roots = s.tls_roots;
     settings.outbound.extra_ca = s.extra_ca;
     settings.outbound.proxy = s.proxy;
+    settings.slack_api_url = s.slack_api_url;
     settings.aws_env = webhook_relay::aws::Env::from_process();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -257,6 +257,31 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// Like [`Outbound::send`], for APIs that rate-limit: also returns `Retry-After`, and
+    /// fails as a post does (a refused or failed connection is retried, not a verdict).
+    pub async fn send_with_retry_after(
+        &self,
+        request: http::Request<Bytes>,
+        max_body: usize,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes, Option<Duration>), PostError> {
+        let request = reqwest::Request::try_from(request).map_err(|_| PostError::BadUrl)?;
+        let fut = async {
+            let response = self.client.execute(request).await.map_err(post_error)?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let (body, _) = read_capped(response, max_body).await.map_err(post_error)?;
+            Ok((status, body, retry_after))
+        };
+        tokio::time::timeout(timeout, fut).await.map_err(|_| PostError::Timeout)?
+    }
+}
+
 fn post_error(e: reqwest::Error) -> PostError {
     if e.is_timeout() {
         PostError::Timeout

@@ -92,6 +92,15 @@ pub struct ThreadRef {
     pub ts: String,
     /// When this was recorded or last touched (ms since the epoch).
     pub updated_at_ms: u64,
+    /// The alarm's state as last posted, and since when (ms since the epoch): how long the
+    /// previous state lasted, and whether an OK has outlived `lifecycle_ttl`.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub state_since_ms: u64,
+    /// The queue seq of the last state change handled, so a retry does not reply twice.
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 /// Why the queue could not do what was asked. Each variant is one answer at the door:

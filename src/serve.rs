@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::config::reload::ConfigHandle;
 use crate::config::{self, Config};
-use crate::deliver::{self, slack, Deliverer, Sinks};
+use crate::deliver::{self, slack, slack_app, Deliverer, Sinks};
 use crate::ingest::Gateway;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundConfig};
@@ -44,6 +44,8 @@ pub struct Settings {
     pub aws_env: crate::aws::Env,
     /// Test seam: an injected clock.
     pub clock: Option<Clock>,
+    /// The Slack Web API's base URL (`--slack-api-url`).
+    pub slack_api_url: String,
     /// Test seam: the sinks destinations deliver through (default: Slack webhooks).
     pub sinks: Option<Sinks>,
     pub webhook_timeout: Duration,
@@ -67,6 +69,7 @@ impl Settings {
             aws_env: crate::aws::Env::default(),
             clock: None,
             sinks: None,
+            slack_api_url: "https://slack.com/api/".into(),
             webhook_timeout: Duration::from_secs(10),
         }
     }
@@ -133,6 +136,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
     let sinks = settings.sinks.clone().unwrap_or_else(|| Sinks {
         webhook: Arc::new(slack::Webhook::new(outbound.clone(), settings.webhook_timeout)),
+        app: Some(Arc::new(slack_app::SlackApp::new(
+            outbound.clone(),
+            &settings.slack_api_url,
+            settings.webhook_timeout,
+            queue.clone(),
+        ))),
     });
     let deliver = Deliverer::new(
         queue.clone(),

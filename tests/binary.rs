@@ -319,6 +319,12 @@ fn demo_runs_end_to_end() {
         text.contains("prod-cache-evictions-critical") && text.contains("webhook_relay_sns_accepted_total 8"),
         "{text}"
     );
+    // The Slack app destination keeps the flapping alarm in one thread.
+    let app = text.split("#C0DEMO").nth(1).unwrap_or_else(|| panic!("{text}"));
+    let app = app.split("one message as").next().unwrap_or("");
+    assert!(app.matches("prod-cache-evictions-critical").count() >= 4, "{app}");
+    assert!(app.contains("↳ :large_green_circle: OK: prod-cache-evictions-critical (was ALARM for"), "{app}");
+    assert!(app.contains("(first post updated:"), "{app}");
     // One whole message as the channel shows it: header, fields and the console link.
     let shown = text.split("one message as #ops-critical shows it:").nth(1).unwrap_or_else(|| panic!("{text}"));
     assert!(shown.contains("| Severity: critical"), "{text}");

@@ -447,7 +447,7 @@ async fn a_sink_outside_the_crate_plugs_into_the_worker() {
                [destinations.t]\nurl = \"http://127.0.0.1:9/unused\"\nrate = \"100/s\"\nburst = 10\n\
                [[route]]\nname = \"all\"\nto = [\"t\"]\n";
     let as_sink: std::sync::Arc<dyn webhook_relay::deliver::Sink> = sink.clone();
-    let gw = start_with(cfg, |s| s.sinks = Some(webhook_relay::deliver::Sinks { webhook: as_sink })).await;
+    let gw = start_with(cfg, |s| s.sinks = Some(webhook_relay::deliver::Sinks { webhook: as_sink, app: None })).await;
     assert_eq!(gw.post(alarm(signer(), "s1", "prod-a", "ALARM").to_string()).await.0, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     while sink.seen.lock().unwrap().len() < 2 && Instant::now() < deadline {

@@ -52,11 +52,19 @@ rate = "5/s"
 url = "{}"
 rate = "5/s"
 
+# A Slack app (bot token, the Web API): one thread per alarm.
+[destinations.ops-app]
+token = "xoxb-demo-token"
+channel = "C0DEMO"
+lifecycle = "thread+update"
+rate = "50/s"
+burst = 20
+
 [[route]]
 name = "prod-critical"
 alarm_name = ["prod-*"]
 severity = ["critical"]
-to = ["ops-critical", "oncall"]
+to = ["ops-critical", "oncall", "ops-app"]
 continue = true
 
 [[route]]
@@ -85,6 +93,7 @@ async fn demo(out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     settings.listen = ([127, 0, 0, 1], 0).into();
     settings.admin_listen = ([127, 0, 0, 1], 0).into();
     settings.sns_cert_dir = Some(dir.join("certs"));
+    settings.slack_api_url = sink.api_url();
     let running = crate::start(settings).await?;
     writeln!(
         out,
@@ -142,6 +151,15 @@ async fn demo(out: &mut dyn std::io::Write) -> anyhow::Result<()> {
             let text = p.body["text"].as_str().unwrap_or("");
             let note = if p.status == 200 { String::new() } else { format!("   [answered {}; retried]", p.status) };
             writeln!(out, "    {text}{note}")?;
+        }
+    }
+    writeln!(out, "  #C0DEMO (Slack app: one thread per alarm, the first post updated to the current state)")?;
+    for p in sink.delivered("C0DEMO") {
+        let text = p.body["text"].as_str().unwrap_or("");
+        match (p.method.as_str(), p.body.get("thread_ts")) {
+            ("chat.update", _) => writeln!(out, "      (first post updated: {text})")?,
+            (_, Some(_)) => writeln!(out, "      ↳ {text}")?,
+            _ => writeln!(out, "    {text}")?,
         }
     }
     if let Some(p) = sink.posts().iter().find(|p| p.channel == CHANNELS[0] && p.status == 200) {

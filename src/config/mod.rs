@@ -58,8 +58,12 @@ pub struct RetryBudget {
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub name: String,
+    /// The incoming webhook's URL (empty for a Web API destination).
     pub url: Secret,
+    /// Where the URL or the token comes from (`env:NAME`, a file, the routes file).
     pub source: SecretSource,
+    /// Set for a Slack app destination (bot token and channel, the Web API).
+    pub app: Option<AppTarget>,
     pub rate: Rate,
     pub burst: u32,
     pub fallback: Option<String>,
@@ -69,6 +73,30 @@ pub struct Destination {
     pub mention_states: Vec<String>,
     pub retry: RetryBudget,
 }
+
+/// A Slack app destination: where and how it posts through the Web API.
+#[derive(Debug, Clone)]
+pub struct AppTarget {
+    pub token: Secret,
+    /// A channel ID (`C0123456789`) or `#name`.
+    pub channel: String,
+    pub lifecycle: Lifecycle,
+    /// After an alarm has been OK this long, its next ALARM starts a new thread.
+    pub lifecycle_ttl: Duration,
+}
+
+/// What later state changes of an alarm do to its first post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Reply in its thread and update it to show the current state.
+    ThreadAndUpdate,
+    Thread,
+    Update,
+    /// Every state change is a new message.
+    Off,
+}
+
+pub const DEFAULT_LIFECYCLE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// One validated routes.toml.
 #[derive(Debug)]

@@ -9,8 +9,9 @@ use toml::Spanned;
 use super::duration::{parse_duration, parse_rate};
 use super::secret::{self, Secret, SecretSource};
 use super::{
-    Config, ConfigError, ConfirmMode, Destination, Problem, RetryBudget, Secrets, SnsConfig, DEFAULT_BURST,
-    DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AGE, DEFAULT_RATE, STATES,
+    AppTarget, Config, ConfigError, ConfirmMode, Destination, Lifecycle, Problem, RetryBudget, Secrets, SnsConfig,
+    DEFAULT_BURST, DEFAULT_LIFECYCLE_TTL, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AGE, DEFAULT_RATE,
+    STATES,
 };
 use crate::route::matcher::{FieldPatterns, Literals, Pattern};
 use crate::route::severity::{SeverityField, SeverityRule, SeverityRules};
@@ -63,7 +64,13 @@ struct RawSeverityRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDestination {
-    url: Spanned<String>,
+    /// An incoming webhook...
+    url: Option<Spanned<String>>,
+    /// ...or the Web API: a bot token and a channel.
+    token: Option<Spanned<String>>,
+    channel: Option<Spanned<String>>,
+    lifecycle: Option<Spanned<String>>,
+    lifecycle_ttl: Option<Spanned<String>>,
     rate: Option<Spanned<String>>,
     burst: Option<Spanned<u32>>,
     fallback: Option<Spanned<String>>,
@@ -275,34 +282,12 @@ impl Validator<'_> {
         // Fallbacks as written, to find cycles once every destination is read.
         let mut fallbacks: BTreeMap<String, Spanned<String>> = BTreeMap::new();
         for (name, spanned) in raw {
+            let spanned_at = Spanned::new(spanned.span(), ());
             let d = spanned.into_inner();
             if let Some(fb) = &d.fallback {
                 fallbacks.insert(name.clone(), fb.clone());
             }
-            let (source, url) = secret::resolve(d.url.get_ref());
-            let url = match url {
-                Ok(url) => url,
-                Err(e) if self.secrets == Secrets::Optional => {
-                    self.warn(&d.url, format!("destination {name}: {e} (ignored: nothing is sent)"));
-                    Secret::new("http://unresolved.invalid/".into())
-                }
-                Err(e) => {
-                    self.error(&d.url, format!("destination {name}: {e}"));
-                    continue;
-                }
-            };
-            if source == SecretSource::Literal {
-                self.warn(
-                    &d.url,
-                    format!("destination {name}: webhook URL is written in the file; prefer url = \"env:NAME\" or \"file:/path\""),
-                );
-            }
-            let u = url.expose();
-            if !(u.starts_with("https://") || u.starts_with("http://")) || u.parse::<http::Uri>().is_err() {
-                // Never echo the value: it may be a secret with a typo.
-                self.error(&d.url, format!("destination {name}: url ({source}) is not an http(s) URL"));
-                continue;
-            }
+            let Some((url, source, app)) = self.target(&name, &d, &spanned_at) else { continue };
             let rate = match &d.rate {
                 None => parse_rate(DEFAULT_RATE).ok(),
                 Some(r) => parse_rate(r.get_ref()).map_err(|e| self.error(r, e)).ok(),
@@ -342,12 +327,6 @@ impl Validator<'_> {
                     states.get_ref().iter().map(|st| st.get_ref().clone()).collect()
                 }
             };
-            if u.starts_with("http://") && !loopback_url(u) {
-                self.warn(
-                    &d.url,
-                    format!("destination {name}: url ({source}) is plain http:// to a non-loopback host; the webhook secret and alarms cross the network unencrypted"),
-                );
-            }
             let Some(rate) = rate else { continue };
             out.insert(
                 name.clone(),
@@ -355,6 +334,7 @@ impl Validator<'_> {
                     name,
                     url,
                     source,
+                    app,
                     rate,
                     burst: burst.max(1),
                     fallback: d.fallback.map(|f| f.into_inner()),
@@ -367,6 +347,108 @@ impl Validator<'_> {
         }
         self.fallback_cycles(&fallbacks);
         out
+    }
+
+    /// Where a destination posts: an incoming webhook (`url`), or the Web API (`token` and
+    /// `channel`). Returns the URL (empty for the Web API), where its secret comes from,
+    /// and the Web API settings. Never echoes a secret's value.
+    fn target(
+        &mut self,
+        name: &str,
+        d: &RawDestination,
+        at: &Spanned<()>,
+    ) -> Option<(Secret, SecretSource, Option<AppTarget>)> {
+        match (&d.url, &d.token) {
+            (Some(url), None) => {
+                for extra in [&d.channel, &d.lifecycle, &d.lifecycle_ttl].into_iter().flatten() {
+                    self.error(extra, format!("destination {name}: channel and lifecycle need token = ..., not url"));
+                }
+                let (source, secret) = self.secret(name, url, "webhook URL", "http://unresolved.invalid/")?;
+                let u = secret.expose();
+                if !(u.starts_with("https://") || u.starts_with("http://")) || u.parse::<http::Uri>().is_err() {
+                    // Never echo the value: it may be a secret with a typo.
+                    self.error(url, format!("destination {name}: url ({source}) is not an http(s) URL"));
+                    return None;
+                }
+                if u.starts_with("http://") && !loopback_url(u) {
+                    self.warn(
+                        url,
+                        format!("destination {name}: url ({source}) is plain http:// to a non-loopback host; the webhook secret and alarms cross the network unencrypted"),
+                    );
+                }
+                Some((secret, source, None))
+            }
+            (None, Some(token)) => {
+                let (source, secret) = self.secret(name, token, "bot token", "xoxb-unresolved")?;
+                let Some(channel) = &d.channel else {
+                    self.push(
+                        at.span().start,
+                        format!("destination {name}: token needs channel = \"C0123456789\" (or \"#name\")"),
+                        false,
+                    );
+                    return None;
+                };
+                let lifecycle = match d.lifecycle.as_ref().map(|l| l.get_ref().as_str()) {
+                    None | Some("thread+update") => Lifecycle::ThreadAndUpdate,
+                    Some("thread") => Lifecycle::Thread,
+                    Some("update") => Lifecycle::Update,
+                    Some("off") => Lifecycle::Off,
+                    Some(other) => {
+                        if let Some(l) = &d.lifecycle {
+                            self.error(l, format!("destination {name}: lifecycle {other:?}: expected \"thread+update\", \"thread\", \"update\" or \"off\""));
+                        }
+                        return None;
+                    }
+                };
+                let ttl = match &d.lifecycle_ttl {
+                    None => DEFAULT_LIFECYCLE_TTL,
+                    Some(t) => parse_duration(t.get_ref()).map_err(|e| self.error(t, e)).ok()?,
+                };
+                let app =
+                    AppTarget { token: secret, channel: channel.get_ref().clone(), lifecycle, lifecycle_ttl: ttl };
+                Some((Secret::new(String::new()), source, Some(app)))
+            }
+            (Some(url), Some(_)) => {
+                self.error(
+                    url,
+                    format!("destination {name}: either url (an incoming webhook) or token (the Web API), not both"),
+                );
+                None
+            }
+            (None, None) => {
+                self.push(at.span().start, format!("destination {name}: needs url = ... (incoming webhook) or token = ... and channel = ... (Web API)"), false);
+                None
+            }
+        }
+    }
+
+    /// Resolves an `env:`/`file:`/literal secret; a literal one is a warning.
+    fn secret(
+        &mut self,
+        name: &str,
+        spec: &Spanned<String>,
+        what: &str,
+        placeholder: &str,
+    ) -> Option<(SecretSource, Secret)> {
+        let (source, resolved) = secret::resolve(spec.get_ref());
+        let secret = match resolved {
+            Ok(s) => s,
+            Err(e) if self.secrets == Secrets::Optional => {
+                self.warn(spec, format!("destination {name}: {e} (ignored: nothing is sent)"));
+                Secret::new(placeholder.into())
+            }
+            Err(e) => {
+                self.error(spec, format!("destination {name}: {e}"));
+                return None;
+            }
+        };
+        if source == SecretSource::Literal {
+            self.warn(
+                spec,
+                format!("destination {name}: {what} is written in the file; prefer \"env:NAME\" or \"file:/path\""),
+            );
+        }
+        Some((source, secret))
     }
 
     /// A fallback is followed one hop at most at run time, so a cycle cannot loop there; it

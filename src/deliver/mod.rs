@@ -7,7 +7,8 @@
 //! - `retry`: backoff with full jitter and the retry budget;
 //! - `history`: each alarm's history, for "lasted 5m" and late state changes;
 //! - `sink`: the seam a destination kind implements (render, send, classify the answer);
-//!   `slack` is the incoming-webhook sink (over the one [`crate::outbound`] client);
+//!   `slack` is the incoming-webhook sink (over the one [`crate::outbound`] client),
+//!   `slack_app` the Web API sink (bot token: one thread per alarm);
 //! - `dead_letters`: writing a dead letter and taking replays back in.
 
 pub mod dead_letters;
@@ -16,6 +17,7 @@ pub mod queue;
 pub mod retry;
 pub mod sink;
 pub mod slack;
+pub mod slack_app;
 mod worker;
 
 use std::collections::HashMap;
@@ -39,11 +41,16 @@ use worker::Worker;
 pub struct Sinks {
     /// Slack incoming webhooks (`url = ...`).
     pub webhook: Arc<dyn Sink>,
+    /// Slack apps (`token` and `channel`: the Web API); when unset, the webhook sink.
+    pub app: Option<Arc<dyn Sink>>,
 }
 
 impl Sinks {
-    pub fn for_destination(&self, _dest: &Destination) -> Arc<dyn Sink> {
-        self.webhook.clone()
+    pub fn for_destination(&self, dest: &Destination) -> Arc<dyn Sink> {
+        match (&dest.app, &self.app) {
+            (Some(_), Some(app)) => app.clone(),
+            _ => self.webhook.clone(),
+        }
     }
 }
 

@@ -165,7 +165,7 @@ pub fn color(state: Option<&str>) -> &'static str {
     }
 }
 
-fn emoji(state: &str) -> &'static str {
+pub(super) fn emoji(state: &str) -> &'static str {
     match state {
         "ALARM" => ":red_circle:",
         "OK" => ":large_green_circle:",
@@ -191,7 +191,7 @@ pub fn console_url(partition: &str, region: &str, alarm_name: &str) -> String {
     format!("https://{host}/cloudwatch/home?region={region}#alarmsV2:alarm/{name}")
 }
 
-fn short(d: Duration) -> String {
+pub(super) fn short(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..=59 => format!("{s}s"),

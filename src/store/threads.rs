@@ -73,7 +73,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Threads::open(dir.path());
         let day = 86_400_000;
-        let r = |ts: &str, at: u64| ThreadRef { channel: "C1".into(), ts: ts.into(), updated_at_ms: at };
+        let r = |ts: &str, at: u64| ThreadRef {
+            channel: "C1".into(),
+            ts: ts.into(),
+            updated_at_ms: at,
+            state: "ALARM".into(),
+            state_since_ms: at,
+            last_seq: 0,
+        };
         t.set("old", r("1.1", 1), 1).unwrap();
         t.set("a", r("2.2", 40 * day), 40 * day).unwrap();
         let t = Threads::open(dir.path());
