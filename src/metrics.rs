@@ -71,6 +71,8 @@ pub struct Metrics {
     /// Age of the oldest delivery still waiting, by destination (sampled on scrape): the
     /// queue depth says how much is waiting, this says for how long.
     pub oldest_pending_seconds: Family<Named, Gauge<f64, AtomicU64>>,
+    /// `Retry-After` answers longer than the destination's `max_retry_after`, clamped.
+    pub retry_after_clamped: Family<Named, Counter>,
     /// SNS API calls that failed, by AWS's error code (or NoCredentials, Unreachable).
     pub sns_api_errors: Family<Named, Counter>,
     /// 1, labelled with the proxy's host, when outbound requests go through a proxy.
@@ -223,6 +225,11 @@ impl Metrics {
             "Age of the oldest delivery waiting, by destination (0 when none waits)",
             Family::default()
         );
+        let retry_after_clamped = reg!(
+            "retry_after_clamped",
+            "Retry-After answers longer than max_retry_after, clamped to it, by destination",
+            Family::default()
+        );
         let sns_api_errors = reg!("sns_api_errors", "SNS API calls that failed, by AWS error code", Family::default());
         let outbound_proxy = reg!(
             "outbound_proxy",
@@ -267,6 +274,7 @@ impl Metrics {
             oldest_pending_seconds,
             outbound_proxy,
             sns_api_errors,
+            retry_after_clamped,
             process: Arc::new(Process::new()),
             samplers: Arc::new(Mutex::new(Vec::new())),
         }

@@ -538,3 +538,19 @@ to = ["alarms"]
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_enormous_retry_after_is_clamped_to_max_retry_after() {
+    let sink = SlackSink::start().await.unwrap();
+    // 999999 s is 11.5 days: clamped to the destination's 1 s.
+    sink.script("c", vec![Reply::TooMany(999_999), Reply::TooMany(999_999)]);
+    let gw = start(&one_channel(&sink, "c", "rate = \"100/s\"\nburst = 10\nmax_retry_after = \"1s\"", "")).await;
+    assert_eq!(gw.post(alarm(signer(), "ra1", "prod-a", "ALARM").to_string()).await.0, 200);
+    assert!(sink.wait_until(Duration::from_secs(10), |_| sink.delivered("c").len() == 1).await, "never delivered");
+    let posts = sink.posts();
+    assert_eq!(posts.len(), 3);
+    assert!(posts[1].at - posts[0].at >= Duration::from_millis(950), "did not wait the clamped Retry-After");
+    let m = gw.metrics().await;
+    assert!(m.contains("webhook_relay_retry_after_clamped_total{destination=\"c\"} 2"), "{m}");
+    gw.shutdown().await;
+}

@@ -52,6 +52,8 @@ impl SnsConfig {
 pub struct RetryBudget {
     pub max_attempts: u32,
     pub max_age: Duration,
+    /// The longest `Retry-After` honoured: one answer must not stop a destination for days.
+    pub max_retry_after: Duration,
 }
 
 /// A Slack incoming webhook and how to treat it.
@@ -138,6 +140,7 @@ pub const DEFAULT_BURST: u32 = 3;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 12;
 pub const DEFAULT_MAX_RETRY_AGE: Duration = Duration::from_secs(6 * 3600);
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 const STATES: [&str; 3] = ["ALARM", "OK", "INSUFFICIENT_DATA"];
 

@@ -37,6 +37,7 @@ struct Handles {
     dead_letters: Counter,
     delivery_seconds: Histogram,
     queue_depth: Gauge,
+    retry_after_clamped: Counter,
     /// `deliveries_total` by outcome label, filled as outcomes occur.
     outcomes: Vec<(&'static str, Counter)>,
 }
@@ -50,6 +51,7 @@ impl Handles {
             dead_letters: m.dead_letters.get_or_create(&label).clone(),
             delivery_seconds: m.delivery_seconds.get_or_create(&label).clone(),
             queue_depth: m.queue_depth.get_or_create(&label).clone(),
+            retry_after_clamped: m.retry_after_clamped.get_or_create(&label).clone(),
             outcomes: Vec::new(),
         }
     }
@@ -76,12 +78,14 @@ pub(super) struct Worker {
     /// one it objects to becomes a dead letter.
     singles_left: usize,
     handles: Handles,
+    /// A clamped Retry-After is logged once per worker (then only counted).
+    clamp_logged: bool,
 }
 
 impl Worker {
     pub(super) fn new(d: Arc<DelivererInner>, name: String, queue: Arc<DestinationQueue>) -> Worker {
         let handles = Handles::new(&d.metrics, &name);
-        Worker { d, name, queue, limiter: None, singles_left: 0, handles }
+        Worker { d, name, queue, limiter: None, singles_left: 0, handles, clamp_logged: false }
     }
 
     pub(super) async fn run(mut self) {
@@ -181,8 +185,16 @@ impl Worker {
                 self.dead_letter(batch, &reason, attempts + 1).await;
                 0
             }
-            Verdict::RetryAfter(wait) => {
+            Verdict::RetryAfter(asked) => {
                 self.handles.retries.inc();
+                let wait = asked.min(dest.retry.max_retry_after);
+                if wait < asked {
+                    self.handles.retry_after_clamped.inc();
+                    if !self.clamp_logged {
+                        self.clamp_logged = true;
+                        tracing::warn!(destination = %self.name, asked_s = asked.as_secs(), waiting_s = wait.as_secs(), "Retry-After longer than max_retry_after; clamped (logged once, counted in webhook_relay_retry_after_clamped_total)");
+                    }
+                }
                 tracing::warn!(destination = %self.name, wait_ms = wait.as_millis() as u64, "rate limited; waiting Retry-After");
                 self.sleep(wait, shutdown).await;
                 attempts + 1

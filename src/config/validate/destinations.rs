@@ -11,7 +11,7 @@ use crate::config::duration::{parse_duration, parse_rate};
 use crate::config::secret::{self, Secret, SecretSource};
 use crate::config::{
     AppTarget, Destination, Lifecycle, RetryBudget, Secrets, DEFAULT_BURST, DEFAULT_LIFECYCLE_TTL,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AGE, DEFAULT_RATE, STATES,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MAX_RETRY_AGE, DEFAULT_RATE, STATES,
 };
 
 impl Validator<'_> {
@@ -53,6 +53,20 @@ impl Validator<'_> {
                 None => DEFAULT_MAX_RETRY_AGE,
                 Some(s) => parse_duration(s.get_ref()).map_err(|e| self.error(s, e)).unwrap_or(DEFAULT_MAX_RETRY_AGE),
             };
+            let max_retry_after = match &d.max_retry_after {
+                None => DEFAULT_MAX_RETRY_AFTER,
+                Some(s) => match parse_duration(s.get_ref()) {
+                    Ok(v) if !v.is_zero() => v,
+                    Ok(_) => {
+                        self.error(s, "max_retry_after must be more than zero");
+                        DEFAULT_MAX_RETRY_AFTER
+                    }
+                    Err(e) => {
+                        self.error(s, e);
+                        DEFAULT_MAX_RETRY_AFTER
+                    }
+                },
+            };
             let mention_states = match &d.mention_states {
                 None => vec!["ALARM".to_string()],
                 Some(states) => {
@@ -83,7 +97,7 @@ impl Validator<'_> {
                     mention_here: d.mention_here.iter().map(|s| s.to_lowercase()).collect(),
                     mention_channel: d.mention_channel.iter().map(|s| s.to_lowercase()).collect(),
                     mention_states,
-                    retry: RetryBudget { max_attempts: max_attempts.max(1), max_age },
+                    retry: RetryBudget { max_attempts: max_attempts.max(1), max_age, max_retry_after },
                 },
             );
         }

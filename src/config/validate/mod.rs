@@ -82,6 +82,8 @@ struct RawDestination {
     mention_states: Option<Spanned<Vec<Spanned<String>>>>,
     max_attempts: Option<Spanned<u32>>,
     max_retry_age: Option<Spanned<String>>,
+    /// Longest `Retry-After` honoured; a longer one is clamped (default 10m).
+    max_retry_after: Option<Spanned<String>>,
 }
 
 type Values = Option<Spanned<Vec<Spanned<String>>>>;
