@@ -465,3 +465,26 @@ fn route_test_reads_every_eventbridge_sample() {
         assert!(text.contains("\"attachments\"") && !text.contains("\\\"detail\\\""), "{name}: {text}");
     }
 }
+
+#[tokio::test]
+async fn trace_logging_into_the_config_folder_is_not_a_feedback_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    one_route_config(dir.path(), free_port());
+    let log = std::fs::File::create(dir.path().join("relay.log")).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), port, admin);
+    let mut child = cmd.env("WEBHOOK_RELAY_LOG", "trace").stderr(log).spawn().unwrap();
+    wait_ready(admin).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = reqwest_like::Client.get(([127, 0, 0, 1], admin).into(), "/metrics").await.1;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let size = std::fs::metadata(dir.path().join("relay.log")).unwrap().len();
+    // Before the fix: tens of MB in two seconds.
+    assert!(size < 1 << 20, "the log grew to {size} bytes in 2 s");
+    assert!(
+        !metrics.contains("webhook_relay_config_reloads_total{outcome="),
+        "the log's writes triggered reloads: {metrics}"
+    );
+}
