@@ -122,6 +122,13 @@ struct Serve {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "WEBHOOK_RELAY_MAX_BODY", default_value_t = 1024 * 1024)]
     max_body: usize,
+    /// Most open connections on the public listener.
+    #[arg(long, env = "WEBHOOK_RELAY_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Most open connections from one client address (0: no limit; behind a load
+    /// balancer all connections share its address).
+    #[arg(long, env = "WEBHOOK_RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    max_connections_per_ip: usize,
     /// Most undelivered messages kept before /sns answers 503.
     #[arg(long, env = "WEBHOOK_RELAY_MAX_STORED", default_value_t = 200_000)]
     max_stored: u64,
@@ -197,6 +204,8 @@ fn serve(s: Serve) -> i32 {
     settings.dev_url_prefixes = s.sns_dev_url_prefix;
     settings.shutdown_timeout = s.shutdown_timeout;
     settings.limits.max_body = s.max_body;
+    settings.limits.max_connections = s.max_connections.max(1);
+    settings.limits.max_per_ip = s.max_connections_per_ip;
     settings.max_stored = s.max_stored;
     settings.outbound.roots = s.tls_roots;
     settings.outbound.extra_ca = s.extra_ca;

@@ -71,6 +71,10 @@ pub struct Metrics {
     /// Age of the oldest delivery still waiting, by destination (sampled on scrape): the
     /// queue depth says how much is waiting, this says for how long.
     pub oldest_pending_seconds: Family<Named, Gauge<f64, AtomicU64>>,
+    /// Public connections open (sampled at each accept).
+    pub connections_open: Gauge,
+    /// Connections closed at accept, by reason (`per_ip_limit`).
+    pub connections_refused: Family<Static1, Counter>,
     /// `Retry-After` answers longer than the destination's `max_retry_after`, clamped.
     pub retry_after_clamped: Family<Named, Counter>,
     /// SNS API calls that failed, by AWS's error code (or NoCredentials, Unreachable).
@@ -225,6 +229,9 @@ impl Metrics {
             "Age of the oldest delivery waiting, by destination (0 when none waits)",
             Family::default()
         );
+        let connections_open = reg!("connections_open", "Public connections open", Gauge::default());
+        let connections_refused =
+            reg!("connections_refused", "Connections closed at accept, by reason", Family::default());
         let retry_after_clamped = reg!(
             "retry_after_clamped",
             "Retry-After answers longer than max_retry_after, clamped to it, by destination",
@@ -275,6 +282,8 @@ impl Metrics {
             outbound_proxy,
             sns_api_errors,
             retry_after_clamped,
+            connections_open,
+            connections_refused,
             process: Arc::new(Process::new()),
             samplers: Arc::new(Mutex::new(Vec::new())),
         }

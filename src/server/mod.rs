@@ -28,9 +28,16 @@ use crate::shutdown::Shutdown;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body: usize,
+    /// Time for the request head (and for a TLS handshake) on a quiet listener...
     pub header_timeout: Duration,
+    /// ...and once more than half of `max_connections` are open: a client holding
+    /// connections with unfinished headers then gets little time to do it.
+    pub pressure_header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections one client address may hold (0: no limit). Behind a load
+    /// balancer every connection comes from its address: raise this, or turn it off.
+    pub max_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -38,8 +45,40 @@ impl Default for Limits {
         Limits {
             max_body: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
+            pressure_header_timeout: Duration::from_secs(1),
             body_timeout: Duration::from_secs(15),
             max_connections: 4096,
+            max_per_ip: 512,
+        }
+    }
+}
+
+/// Open connections per client address; a slot is given back when its guard drops.
+#[derive(Clone, Default)]
+struct PerIp(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+struct IpSlot(PerIp, std::net::IpAddr);
+
+impl PerIp {
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
         }
     }
 }
@@ -65,6 +104,10 @@ pub async fn serve_public(
 ) {
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = PerIp::default();
+    let metrics = gateway.metrics().clone();
+    // Refusals are counted always and logged at most once a second.
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
         let permit = tokio::select! {
             _ = shutdown.recv() => break,
@@ -82,6 +125,20 @@ pub async fn serve_public(
                 }
             },
         };
+        let Some(slot) = per_ip.take(peer.ip(), limits.max_per_ip) else {
+            // One client holding many connections must not shut out SNS: refuse at once.
+            drop(tcp);
+            metrics.connections_refused.get_or_create(&[("reason", "per_ip_limit")]).inc();
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_refusal_log = Some(Instant::now());
+                tracing::warn!(peer = %peer.ip(), limit = limits.max_per_ip, "connection refused: this client holds the per-address maximum (logged at most once a second, counted)");
+            }
+            continue;
+        };
+        let open = limits.max_connections - permits.available_permits();
+        let header_timeout =
+            if open * 2 > limits.max_connections { limits.pressure_header_timeout } else { limits.header_timeout };
+        metrics.connections_open.set(open as i64);
         let _ = tcp.set_nodelay(true);
         let gateway = gateway.clone();
         let svc = service_fn(move |req| {
@@ -89,27 +146,27 @@ pub async fn serve_public(
             async move { Ok::<_, std::convert::Infallible>(public(req, &gateway, limits, peer).await) }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+        builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
         match &tls {
             None => {
                 let conn = builder.serve_connection(TokioIo::new(tcp), svc);
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = fut.await;
-                    drop(permit);
+                    drop((permit, slot));
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await;
+                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await;
                     let Ok(Ok(stream)) = handshake else {
                         tracing::debug!(%peer, "TLS handshake failed or timed out");
                         return;
                     };
                     let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await;
-                    drop(permit);
+                    drop((permit, slot));
                 });
             }
         }
