@@ -197,6 +197,10 @@ pub trait Queue: Send + Sync + 'static {
     /// MessageIds currently remembered (for /metrics).
     fn remembered_ids(&self) -> usize;
 
+    /// Whether accepts can be stored now (the disk writes, the cluster has quorum):
+    /// `/readyz` answers 503 while not.
+    fn ready(&self) -> bool;
+
     /// Applies everything queued and stops; later writes fail with [`QueueError::Closed`].
     async fn close(&self);
 }

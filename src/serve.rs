@@ -188,7 +188,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // The admin listener outlives the drain: probes should see "not ready" (not a refused
     // connection) and the last metrics stay scrapeable until the process is done.
     let (admin_stop, admin_stopped) = shutdown::channel();
-    tokio::spawn(server::serve_admin(admin, metrics.clone(), ready.clone(), admin_stopped));
+    let readiness: Arc<dyn Fn() -> bool + Send + Sync> = {
+        let (ready, queue) = (ready.clone(), queue.clone());
+        Arc::new(move || ready.load(Ordering::SeqCst) && queue.ready())
+    };
+    tokio::spawn(server::serve_admin(admin, metrics.clone(), readiness, admin_stopped));
 
     // Dead letters queued for replay by the command line: taken in now and every second.
     deliver.spawn_replay_intake();

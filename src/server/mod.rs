@@ -6,7 +6,6 @@
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -246,7 +245,14 @@ fn reject_too_large(metrics: &Metrics, peer: SocketAddr) -> Response<Body> {
 }
 
 /// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown`.
-pub async fn serve_admin(listener: TcpListener, metrics: Metrics, ready: Arc<AtomicBool>, mut shutdown: Shutdown) {
+/// `ready` says whether to answer `/readyz` 200: not shutting down, and the queue can
+/// store what is accepted.
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: Metrics,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    mut shutdown: Shutdown,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             _ = shutdown.recv() => return,
@@ -257,7 +263,7 @@ pub async fn serve_admin(listener: TcpListener, metrics: Metrics, ready: Arc<Ato
         let svc = service_fn(move |req: Request<Incoming>| {
             let r = match (req.method(), req.uri().path()) {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-                (&Method::GET, "/readyz") if ready.load(Ordering::SeqCst) => text(StatusCode::OK, "ready\n"),
+                (&Method::GET, "/readyz") if ready() => text(StatusCode::OK, "ready\n"),
                 (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
                 (&Method::GET, "/metrics") => {
                     let mut r = text(StatusCode::OK, metrics.render());

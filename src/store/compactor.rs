@@ -13,7 +13,7 @@ use super::files::{create_log_file, keys_name, KeysFile};
 use super::index::{lock, Index};
 use super::log::{self, Frame, Reader, Step};
 use super::writer::Op;
-use super::{io_err, COMPACT_EVERY, KEYS_FILE_BYTES};
+use super::{io_err, COMPACT_EVERY, KEYS_FILE_BYTES, RESERVE_BYTES};
 use crate::dedup::MessageKey;
 use crate::metrics::Metrics;
 use crate::queue::QueueError;
@@ -27,10 +27,14 @@ pub(super) struct Compactor {
     pub(super) stop: Arc<AtomicBool>,
     pub(super) metrics: Metrics,
     pub(super) carry_chunk: usize,
+    /// Spent when a full disk would keep a segment from being reclaimed.
+    pub(super) reserve: PathBuf,
 }
 
 impl Compactor {
     pub(super) fn run(mut self, wake: std_mpsc::Receiver<()>) {
+        // Off the start-up path: the writer is already serving.
+        self.ensure_reserve();
         loop {
             if let Err(std_mpsc::RecvTimeoutError::Disconnected) = wake.recv_timeout(COMPACT_EVERY) {
                 return;
@@ -52,6 +56,7 @@ impl Compactor {
                 return;
             }
             self.expire_keys_files();
+            self.ensure_reserve();
         }
     }
 
@@ -123,7 +128,42 @@ impl Compactor {
         })
     }
 
+    /// Writes unexpired MessageIds to a keys file. On a full disk it spends the reserve
+    /// file: reclaiming a segment must never need space the full disk does not have, or
+    /// a disk filled by the log during a Slack outage would stay full after the drain.
     pub(super) fn append_keys(&mut self, keys: &[(MessageKey, u64)]) -> Result<(), QueueError> {
+        match self.append_keys_once(keys) {
+            Err(QueueError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull && self.reserve.exists() =>
+            {
+                tracing::warn!("disk full while compacting: spending the reserve file to reclaim space");
+                std::fs::remove_file(&self.reserve).map_err(io_err(&self.reserve))?;
+                self.append_keys_once(keys)
+            }
+            other => other,
+        }
+    }
+
+    /// Keeps `queue/reserve` (zeros) in place, recreated once there is room again.
+    pub(super) fn ensure_reserve(&self) {
+        if self.reserve.exists() {
+            return;
+        }
+        let made = std::fs::File::create(&self.reserve).and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            let zeros = vec![0u8; 1 << 20];
+            for i in 0..(RESERVE_BYTES >> 20) {
+                f.write_all_at(&zeros, i << 20)?;
+            }
+            f.sync_all()
+        });
+        if made.is_err() {
+            // No room yet: tried again on the next round.
+            let _ = std::fs::remove_file(&self.reserve);
+        }
+    }
+
+    fn append_keys_once(&mut self, keys: &[(MessageKey, u64)]) -> Result<(), QueueError> {
         if keys.is_empty() {
             return Ok(());
         }

@@ -77,6 +77,9 @@ const MAX_BATCH: usize = 4096;
 /// Accepts waiting for the writer beyond this are refused (503): the disk cannot keep up.
 const MAX_QUEUED: usize = MAX_BATCH * 4;
 const COMPACT_EVERY: Duration = Duration::from_secs(1);
+/// Room kept (as `queue/reserve`) so that reclaiming space never needs space: about eight
+/// segments' worth of MessageIds.
+const RESERVE_BYTES: u64 = 4 << 20;
 /// How far ahead of the log's end the active segment is zero-filled.
 const ZERO_AHEAD: u64 = 256 << 10;
 
@@ -103,6 +106,8 @@ struct Inner {
     stored: Arc<AtomicU64>,
     max_messages: u64,
     dead: DeadLetters,
+    /// False while the writer cannot write (disk full, I/O errors): not ready.
+    writable: Arc<AtomicBool>,
     /// MessageIds accepted within their lifetime (`max_age`), refilled from the log at open.
     dedup: Dedup,
     /// Where each alarm's first Slack post is.
@@ -188,6 +193,7 @@ impl Store {
         let (wake_tx, wake_rx) = std_mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let writable = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             dir: qdir.clone(),
             index: index.clone(),
@@ -206,8 +212,12 @@ impl Store {
             wake: wake_tx,
             dirty: false,
             broken: None,
+            writable: writable.clone(),
+            unlogged_errors: 0,
+            last_error_log: None,
         };
         let compactor = Compactor {
+            reserve: qdir.join("reserve"),
             dir: qdir,
             index: index.clone(),
             ops: tx.clone(),
@@ -237,6 +247,7 @@ impl Store {
                 stored,
                 max_messages,
                 dead: DeadLetters::new(dir),
+                writable,
                 dedup: remembered,
                 alarm_threads: Threads::open(dir),
                 workers: Mutex::new(threads),
@@ -458,6 +469,10 @@ impl Queue for Store {
 
     fn remembered_ids(&self) -> usize {
         self.inner.dedup.len()
+    }
+
+    fn ready(&self) -> bool {
+        self.inner.writable.load(Ordering::Relaxed)
     }
 
     async fn close(&self) {

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,13 +62,27 @@ pub(super) struct Writer {
     pub(super) dirty: bool,
     /// Set when a failed write could not be undone: the log's end is then unknown, so
     /// nothing more is appended (accepts answer 503) until a restart replays it.
-    pub(super) broken: Option<QueueError>,
+    pub(super) broken: Option<Broken>,
+    /// False while the log cannot be written (readiness follows it).
+    pub(super) writable: Arc<AtomicBool>,
+    /// Failed commits not yet logged (errors are logged at most once a second).
+    pub(super) unlogged_errors: u64,
+    pub(super) last_error_log: Option<Instant>,
 }
 
 /// Batches stop gathering past this many bytes (keeps offsets and memory bounded).
 pub(super) const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Finish frames written without an fsync get one at the latest after this.
 pub(super) const LAZY_SYNC: Duration = Duration::from_millis(200);
+
+/// Bytes of a failed batch that may have reached the file and could not be zeroed: the
+/// log's end is uncertain until they are. Each commit tries again first; nothing is
+/// appended before that succeeds.
+pub(super) struct Broken {
+    base: u64,
+    len: usize,
+    error: QueueError,
+}
 
 /// An accept written in this batch, waiting for the sync before it is answered.
 struct Accepted {
@@ -200,6 +214,9 @@ impl Writer {
         let sync = !accepted.is_empty() || !keys_only.is_empty() || !compacted.is_empty() || !flushes.is_empty();
         match self.write(&buf, base, sync) {
             Ok(()) => {
+                if !self.writable.swap(true, Ordering::Relaxed) {
+                    tracing::info!("store writes work again");
+                }
                 self.active_len += buf.len() as u64;
                 let active = self.active;
                 let mut removed = Vec::new();
@@ -259,7 +276,13 @@ impl Writer {
             }
             Err(e) => {
                 self.metrics.store_errors.inc();
-                tracing::error!(error = %e, "store write failed; accepts in this batch answered 503");
+                self.writable.store(false, Ordering::Relaxed);
+                self.unlogged_errors += 1;
+                if self.last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::error!(error = %e, failed_commits = self.unlogged_errors, "store write failed; accepts answered 503 until it works again (logged at most once a second)");
+                    self.unlogged_errors = 0;
+                    self.last_error_log = Some(Instant::now());
+                }
                 for Accepted { reply, .. } in accepted {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -281,31 +304,43 @@ impl Writer {
         closing
     }
 
+    /// Writes `buf` at `base` and, with `sync`, makes it durable. On any failure what the
+    /// batch may have put in the file is zeroed again, so the log still ends at `base`: after
+    /// a failed fsync the data must be taken as not written (the kernel may have dropped the
+    /// dirty pages and cleared the error: PostgreSQL's "fsyncgate"). If even the zeroing
+    /// fails, the next commits retry it before appending anything.
     pub(super) fn write(&mut self, buf: &[u8], base: u64, sync: bool) -> Result<(), QueueError> {
-        if let Some(why) = &self.broken {
-            return Err(why.clone());
-        }
-        if !buf.is_empty() {
-            if let Err(e) = self.active_file.write_all_at(buf, base) {
-                // Zero whatever part of the batch reached the file, so the log still ends
-                // at `base`; if even that fails, stop writing.
-                let zeros = vec![0u8; buf.len()];
-                if let Err(cut) = self.active_file.write_all_at(&zeros, base).and_then(|_| self.active_file.sync_data())
-                {
-                    self.broken = Some(QueueError::io(
-                        format!("log end unknown after a failed write ({e}) and a failed repair"),
-                        cut,
-                    ));
+        if let Some(b) = &self.broken {
+            let zeros = vec![0u8; b.len];
+            match self.active_file.write_all_at(&zeros, b.base).and_then(|_| self.active_file.sync_data()) {
+                Ok(()) => {
+                    tracing::info!(offset = b.base, bytes = b.len, "log end re-established after a failed write");
+                    self.broken = None;
                 }
-                return Err(QueueError::io("writing the log", e));
+                Err(_) => return Err(b.error.clone()),
             }
+        }
+        let written = if buf.is_empty() {
+            Ok(())
+        } else {
             self.dirty = true;
+            self.active_file.write_all_at(buf, base).map_err(|e| QueueError::io("writing the log", e))
+        };
+        let synced = written.and_then(|()| {
+            if sync && self.dirty {
+                self.active_file.sync_data().map_err(|e| QueueError::io("syncing the log", e))?;
+                self.dirty = false;
+            }
+            Ok(())
+        });
+        let Err(e) = synced else { return Ok(()) };
+        if !buf.is_empty() {
+            let zeros = vec![0u8; buf.len()];
+            if self.active_file.write_all_at(&zeros, base).and_then(|_| self.active_file.sync_data()).is_err() {
+                self.broken = Some(Broken { base, len: buf.len(), error: e.clone() });
+            }
         }
-        if sync && self.dirty {
-            self.active_file.sync_data().map_err(|e| QueueError::io("syncing the log", e))?;
-            self.dirty = false;
-        }
-        Ok(())
+        Err(e)
     }
 
     /// Keeps zeros written ahead of the log's end, so that commits overwrite blocks the
