@@ -48,6 +48,13 @@ enum Command {
     },
     /// A self-contained end-to-end run on 127.0.0.1: real gateway, fresh signing key, stand-in Slack.
     Demo,
+    /// Look inside the local log, read-only (running or not).
+    Queue {
+        #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data", global = true)]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        action: QueueCommand,
+    },
     /// Inspect and re-send what could not be delivered.
     DeadLetters {
         #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data", global = true)]
@@ -55,6 +62,22 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Segments, bytes, pending messages per destination and the oldest's age.
+    Stats,
+    /// Pending messages, oldest first.
+    List {
+        /// Only those waiting for this destination.
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One pending message's record.
+    Show { seq: u64 },
 }
 
 #[derive(Subcommand)]
@@ -181,6 +204,14 @@ fn main() -> ExitCode {
         Command::Check { config } => commands::check::run(&config, &mut out),
         Command::RouteTest { config, payload, message } => {
             commands::route_test::run(&config, &message, payload, &mut out)
+        }
+        Command::Queue { data_dir, action } => {
+            let action = match action {
+                QueueCommand::Stats => commands::queue::Action::Stats,
+                QueueCommand::List { destination, limit } => commands::queue::Action::List { destination, limit },
+                QueueCommand::Show { seq } => commands::queue::Action::Show(seq),
+            };
+            commands::queue::run(&data_dir, action, &mut out)
         }
         Command::DeadLetters { data_dir, action } => {
             let (action, all) = match action {

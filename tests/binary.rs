@@ -488,3 +488,39 @@ async fn trace_logging_into_the_config_folder_is_not_a_feedback_loop() {
         "the log's writes triggered reloads: {metrics}"
     );
 }
+
+#[tokio::test]
+async fn queue_commands_look_inside_the_log_while_the_gateway_runs_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    one_route_config(dir.path(), free_port()); // Slack down: everything stays pending
+    let (port, admin) = (free_port(), free_port());
+    let mut child = serve(dir.path(), port, admin);
+    wait_ready(admin).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    for i in 0..3 {
+        let body = alarm(signer(), &format!("q{i}"), &format!("prod-queued{i}"), "ALARM").to_string();
+        assert_eq!(reqwest_like::Client.post(addr, "/sns", &[], body.into()).await.0, 200);
+    }
+    let run = |args: &[&str]| {
+        let out =
+            Command::new(BIN).arg("queue").args(args).arg("--data-dir").arg(dir.path().join("data")).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    for round in ["running", "killed"] {
+        let (code, stats) = run(&["stats"]);
+        assert_eq!(code, Some(0), "{round}: {stats}");
+        assert!(stats.contains("messages pending: 3") && stats.contains("c: 3 pending, oldest"), "{round}: {stats}");
+        let (_, list) = run(&["list", "--destination", "c"]);
+        assert_eq!(list.lines().count(), 3, "{round}: {list}");
+        assert!(list.contains("prod-queued0") && list.contains("prod-queued2"), "{round}: {list}");
+        let seq = list.lines().next().unwrap().split('\t').next().unwrap().to_string();
+        let (code, show) = run(&["show", &seq]);
+        assert_eq!(code, Some(0), "{show}");
+        assert!(show.contains("\"message_id\": \"q0\"") && show.contains("\"done\": false"), "{round}: {show}");
+        assert_eq!(run(&["show", "999999"]).0, Some(1));
+        if round == "running" {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}

@@ -4,4 +4,5 @@
 pub mod check;
 pub mod dead_letters;
 pub mod demo;
+pub mod queue;
 pub mod route_test;

@@ -34,6 +34,7 @@ mod compactor;
 pub mod dead_letters;
 mod files;
 mod index;
+pub mod inspect;
 mod log;
 mod record;
 mod recovery;
