@@ -506,7 +506,7 @@ async fn queue_commands_look_inside_the_log_while_the_gateway_runs_and_after() {
             Command::new(BIN).arg("queue").args(args).arg("--data-dir").arg(dir.path().join("data")).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    for round in ["running", "killed"] {
+    let check = |round: &str| {
         let (code, stats) = run(&["stats"]);
         assert_eq!(code, Some(0), "{round}: {stats}");
         assert!(stats.contains("messages pending: 3") && stats.contains("c: 3 pending, oldest"), "{round}: {stats}");
@@ -518,9 +518,9 @@ async fn queue_commands_look_inside_the_log_while_the_gateway_runs_and_after() {
         assert_eq!(code, Some(0), "{show}");
         assert!(show.contains("\"message_id\": \"q0\"") && show.contains("\"done\": false"), "{round}: {show}");
         assert_eq!(run(&["show", "999999"]).0, Some(1));
-        if round == "running" {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
+    };
+    check("running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    check("killed");
 }
