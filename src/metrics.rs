@@ -66,6 +66,10 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub store_disk_bytes: Gauge,
     pub store_compactions: Counter,
+    /// Damage found in the log at open, by kind (never silent).
+    pub store_damage: Family<Static1, Counter>,
+    /// Bytes passed over to salvage the frames after damaged ones.
+    pub store_salvage_skipped_bytes: Counter,
     /// MessageIds currently remembered (sampled when /metrics is scraped).
     pub dedup_entries: Gauge,
     /// Age of the oldest delivery still waiting, by destination (sampled on scrape): the
@@ -223,6 +227,16 @@ impl Metrics {
             reg!("store_disk_bytes", "Bytes of log segments and keys files on disk", Gauge::default());
         let store_compactions =
             reg!("store_compactions", "Log segments reclaimed (live messages carried forward)", Counter::default());
+        let store_damage = reg!(
+            "store_damage",
+            "Damage found in the log at open (damaged frame, empty, missing or out-of-sequence segment), by kind",
+            Family::default()
+        );
+        let store_salvage_skipped_bytes = reg!(
+            "store_salvage_skipped_bytes",
+            "Bytes of damaged log passed over to salvage the frames after them",
+            Counter::default()
+        );
         let dedup_entries = reg!("dedup_entries", "MessageIds remembered for duplicate detection", Gauge::default());
         let oldest_pending_seconds = reg!(
             "oldest_pending_seconds",
@@ -277,6 +291,8 @@ impl Metrics {
             store_errors,
             store_disk_bytes,
             store_compactions,
+            store_damage,
+            store_salvage_skipped_bytes,
             dedup_entries,
             oldest_pending_seconds,
             outbound_proxy,

@@ -84,7 +84,15 @@ pub fn snapshot(data_dir: &Path) -> Result<Snapshot, QueueError> {
                 Step::End => break,
                 Step::Damaged { offset, why } => {
                     snap.damage.push((path.clone(), offset, why.to_string()));
-                    break;
+                    let highest = live.keys().next_back().copied().unwrap_or(0);
+                    // Read-only: pass over the damage to what follows, as recovery would.
+                    if reader
+                        .resync(offset, highest)
+                        .map_err(|e| QueueError::io(path.display().to_string(), e))?
+                        .is_none()
+                    {
+                        break;
+                    }
                 }
             }
         }

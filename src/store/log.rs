@@ -10,9 +10,10 @@
 //! | accept | seq (u64), has-key (u8), [key (u128), expires (u64)], the message record |
 //! | key | key (u128), expires (u64): a remembered MessageId |
 //! | finish | seq (u64), destination name: that delivery is done |
+//! | pad | anything: written over a damaged region once what follows it was salvaged |
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::dedup::MessageKey;
@@ -26,13 +27,28 @@ const HEADER: u8 = 0;
 const ACCEPT: u8 = 1;
 const KEY: u8 = 2;
 const FINISH: u8 = 3;
+const PAD: u8 = 4;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Header { next_seq: u64 },
-    Accept { seq: u64, key: Option<(MessageKey, u64)>, record: &'a [u8] },
-    Key { key: MessageKey, expires_at: u64 },
-    Finish { seq: u64, destination: &'a str },
+    Header {
+        next_seq: u64,
+    },
+    Accept {
+        seq: u64,
+        key: Option<(MessageKey, u64)>,
+        record: &'a [u8],
+    },
+    Key {
+        key: MessageKey,
+        expires_at: u64,
+    },
+    Finish {
+        seq: u64,
+        destination: &'a str,
+    },
+    /// Covers a damaged region that recovery passed over, so the next open reads cleanly.
+    Pad,
 }
 
 /// Appends one frame whose payload `body` writes after the kind byte; returns its size.
@@ -68,6 +84,7 @@ pub fn append(out: &mut Vec<u8>, frame: &Frame<'_>) -> u32 {
             o.extend_from_slice(&seq.to_le_bytes());
             o.extend_from_slice(destination.as_bytes());
         }),
+        Frame::Pad => append_with(out, PAD, |_| {}),
     }
 }
 
@@ -115,6 +132,7 @@ pub fn decode(p: &[u8]) -> Option<Frame<'_>> {
         }
         KEY => key_at(p, 1).map(|(key, expires_at)| Frame::Key { key, expires_at }),
         FINISH => Some(Frame::Finish { seq: u64_at(p, 1)?, destination: std::str::from_utf8(p.get(9..)?).ok()? }),
+        PAD => Some(Frame::Pad),
         _ => None,
     }
 }
@@ -216,6 +234,50 @@ impl Reader {
         self.offset += HEAD as u64 + len as u64;
         Ok(Step::Frame { offset, size: HEAD as u32 + len, frame })
     }
+}
+
+impl Reader {
+    /// After a damaged frame at `from`: the offset of the next frame that checks out (its
+    /// length is possible, its CRC matches and it decodes), and the reader moved there; or
+    /// `None` when nothing valid follows (a torn tail). A CRC32 can match random bytes by
+    /// chance (one in four billion per position), so a salvaged accept must also carry a
+    /// seq above `min_seq`, the highest seen before the damage.
+    pub fn resync(&mut self, from: u64, min_seq: u64) -> io::Result<Option<u64>> {
+        let file = self.file.get_mut();
+        let mut rest = Vec::new();
+        file.seek(SeekFrom::Start(from + 1))?;
+        file.read_to_end(&mut rest)?;
+        let mut found = None;
+        for at in 0..rest.len().saturating_sub(HEAD) {
+            let len = u32::from_le_bytes(rest[at..at + 4].try_into().expect("4 bytes"));
+            if len == 0 || len > MAX_PAYLOAD || at + HEAD + len as usize > rest.len() {
+                continue;
+            }
+            let Some(payload) = check(&rest[at..at + HEAD + len as usize]) else { continue };
+            match decode(payload) {
+                Some(Frame::Accept { seq, .. }) if seq <= min_seq => continue,
+                Some(_) => {
+                    found = Some(from + 1 + at as u64);
+                    break;
+                }
+                None => continue,
+            }
+        }
+        let Some(at) = found else { return Ok(None) };
+        self.file.seek(SeekFrom::Start(at))?;
+        self.offset = at;
+        Ok(Some(at))
+    }
+}
+
+/// A pad frame exactly `size` bytes long (at least a frame head and its kind byte).
+pub fn pad(size: usize) -> Option<Vec<u8>> {
+    if size < HEAD + 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(size);
+    append_with(&mut out, PAD, |o| o.resize(size, 0));
+    Some(out)
 }
 
 /// Like `read_exact`, but reports how much it got instead of failing at end of file.

@@ -37,7 +37,7 @@ mod index;
 pub mod inspect;
 mod log;
 mod record;
-mod recovery;
+pub mod recovery;
 mod threads;
 mod writer;
 
@@ -122,6 +122,8 @@ struct Inner {
 
 /// What the store held at open.
 pub struct Recovered {
+    /// Damage found and reported (each also logged at ERROR and counted).
+    pub damage: Vec<recovery::Damage>,
     pub pending: Vec<Delivery>,
     /// MessageIds remembered again (those still within their lifetime).
     pub remembered: usize,
@@ -153,7 +155,11 @@ impl Store {
         })?;
 
         let recovered = Recovery::run(dir, &qdir)?;
-        let Recovery { mut index, keys_files, dedup, next_seq, corrupt } = recovered;
+        let Recovery { mut index, keys_files, dedup, next_seq, corrupt, damage } = recovered;
+        for d in &damage {
+            metrics.store_damage.get_or_create(&[("kind", d.kind)]).inc();
+            metrics.store_salvage_skipped_bytes.inc_by(d.skipped_bytes);
+        }
         // Enough for a million MessageIds within max_age; entries expire on their own.
         let remembered = Dedup::new(2_000_000);
         for (key, expires_at) in dedup {
@@ -257,7 +263,7 @@ impl Store {
             }),
         };
         let remembered = store.inner.dedup.len();
-        Ok((store, Recovered { pending, remembered, corrupt }))
+        Ok((store, Recovered { pending, remembered, corrupt, damage }))
     }
 
     /// Stores a notification with one pending delivery per destination (none for an unrouted

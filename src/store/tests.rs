@@ -131,7 +131,7 @@ async fn expired_ids_are_not_kept_and_a_second_opener_is_refused() {
 }
 
 #[tokio::test]
-async fn damage_is_cut_off_and_the_part_before_it_kept() {
+async fn one_bad_byte_loses_one_message_and_what_follows_is_salvaged() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
     let mut seqs = Vec::new();
@@ -153,16 +153,21 @@ async fn damage_is_cut_off_and_the_part_before_it_kept() {
     std::fs::write(&seg, &bytes).unwrap();
     let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
     let got: Vec<u64> = rec.pending.iter().map(|p| p.seq).collect();
-    assert_eq!(got, seqs[..7].to_vec());
+    // Only the damaged message is lost: the reader resynchronises on the next valid frame.
+    let want: Vec<u64> = seqs.iter().copied().filter(|s| *s != seqs[7]).collect();
+    assert_eq!(got, want);
     assert_eq!(rec.corrupt.len(), 1);
     assert!(std::fs::metadata(&rec.corrupt[0]).unwrap().len() == bytes.len() as u64, "copy is the whole file");
-    // Appends continue after the cut.
+    assert_eq!(rec.damage.len(), 1);
+    assert!(rec.damage[0].kind == "damaged_frame" && rec.damage[0].skipped_bytes > 0, "{:?}", rec.damage);
+    // Appends continue after the salvaged part.
     let d = store.put(&envelope("after"), vec!["a".into()], None).await.unwrap();
     store.close_now().await;
     drop(store);
     let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
     assert_eq!(rec.pending.last().unwrap().seq, d[0].seq);
-    assert!(rec.corrupt.is_empty());
+    assert_eq!(rec.pending.len(), 10, "the salvaged messages are still there after another reopen");
+    assert!(rec.corrupt.is_empty() && rec.damage.is_empty(), "the repaired file was reported again: {:?}", rec.damage);
     assert_eq!(store.read(d[0].seq).unwrap().unwrap().envelope.message_id, "after");
     store.close_now().await;
 }
@@ -256,5 +261,62 @@ async fn the_severity_decided_at_accept_is_read_back_after_a_reopen() {
     let new =
         NewMessage { envelope: &env, severity: "info", destinations: vec!["a".into()], dedup: Some((key, u64::MAX)) };
     assert!(matches!(Queue::accept(&store, new).await.unwrap(), Accepted::Duplicate));
+    store.close_now().await;
+}
+
+/// Messages spread over several 1 KiB segments, all pending; returns the segment files.
+async fn several_segments(dir: &Path) -> Vec<PathBuf> {
+    let (store, _) = Store::open_with(dir, 1000, Metrics::new(), 1024).unwrap();
+    for i in 0..30 {
+        store.put(&envelope(&format!("s{i}")), vec!["a".into()], None).await.unwrap();
+    }
+    store.close_now().await;
+    drop(store);
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.join(QUEUE_DIR))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 4, "{segs:?}");
+    segs
+}
+
+#[tokio::test]
+async fn an_emptied_or_missing_segment_is_reported_never_silent() {
+    // A sealed segment truncated to 0 bytes (crash after O_TRUNC, journal replay).
+    let dir = tempfile::tempdir().unwrap();
+    let segs = several_segments(dir.path()).await;
+    std::fs::File::create(&segs[1]).unwrap(); // truncates
+    let metrics = Metrics::new();
+    let (store, rec) = Store::open_with(dir.path(), 1000, metrics.clone(), 1024).unwrap();
+    assert!(rec.damage.iter().any(|d| d.kind == "empty_segment"), "{:?}", rec.damage);
+    assert!(metrics.render().contains("webhook_relay_store_damage_total{kind=\"empty_segment\"} 1"));
+    assert!(!rec.corrupt.is_empty(), "nothing set aside");
+    assert!(rec.pending.len() < 30 && !rec.pending.is_empty(), "what the other segments hold is kept");
+    store.close_now().await;
+    drop(store);
+
+    // A segment deleted from the middle.
+    let dir = tempfile::tempdir().unwrap();
+    let segs = several_segments(dir.path()).await;
+    std::fs::remove_file(&segs[2]).unwrap();
+    let metrics = Metrics::new();
+    let (store, rec) = Store::open_with(dir.path(), 1000, metrics.clone(), 1024).unwrap();
+    assert!(rec.damage.iter().any(|d| d.kind == "missing_segment"), "{:?}", rec.damage);
+    assert!(metrics.render().contains("webhook_relay_store_damage_total{kind=\"missing_segment\"} 1"));
+    assert!(!rec.pending.is_empty());
+    store.close_now().await;
+
+    // The newest file empty is a crash while creating it: set aside, not damage.
+    let dir = tempfile::tempdir().unwrap();
+    let segs = several_segments(dir.path()).await;
+    let newest = segs.last().unwrap();
+    let next = newest.with_file_name(format!("{:020}.seg", segs.len() as u64 + 1));
+    std::fs::File::create(&next).unwrap();
+    let (store, rec) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
+    assert!(rec.damage.is_empty(), "{:?}", rec.damage);
+    assert_eq!(rec.pending.len(), 30);
     store.close_now().await;
 }
