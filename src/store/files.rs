@@ -1,5 +1,7 @@
-//! Files of the log: names, durable creation (header frame, zero-filled ahead) and the
-//! keys files that carry remembered MessageIds out of compacted segments.
+//! Files of the log: names, durable creation (header frame, zero-filled ahead), the keys
+//! files that carry remembered MessageIds out of compacted segments, and [`LogIo`], the
+//! seam the writer's appends and syncs go through (tests inject ENOSPC, EIO and torn
+//! writes there, after vector's disk buffer `io.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -68,4 +70,23 @@ pub(super) struct KeysFile {
     pub(super) path: PathBuf,
     pub(super) bytes: u64,
     pub(super) until: u64,
+}
+
+/// The writer's appends and syncs on the active segment. Production is [`RealIo`]; tests
+/// put a wrapper here that fails on cue.
+pub trait LogIo: Send + Sync {
+    fn write_at(&self, file: &File, buf: &[u8], at: u64) -> std::io::Result<()>;
+    fn sync(&self, file: &File) -> std::io::Result<()>;
+}
+
+pub struct RealIo;
+
+impl LogIo for RealIo {
+    fn write_at(&self, file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+        file.write_all_at(buf, at)
+    }
+
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        file.sync_data()
+    }
 }

@@ -145,6 +145,16 @@ impl Store {
         metrics: Metrics,
         segment_bytes: u64,
     ) -> Result<(Store, Recovered), QueueError> {
+        Store::open_with_io(dir, max_messages, metrics, segment_bytes, Arc::new(files::RealIo))
+    }
+
+    fn open_with_io(
+        dir: &Path,
+        max_messages: u64,
+        metrics: Metrics,
+        segment_bytes: u64,
+        io: Arc<dyn files::LogIo>,
+    ) -> Result<(Store, Recovered), QueueError> {
         let qdir = dir.join(QUEUE_DIR);
         std::fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
         let lock_path = qdir.join(LOCK_FILE);
@@ -210,6 +220,7 @@ impl Store {
             metrics: metrics.clone(),
             active: index_active,
             active_file,
+            io,
             active_len,
             segment_bytes,
             allocated: active_allocated,

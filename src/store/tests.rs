@@ -320,3 +320,142 @@ async fn an_emptied_or_missing_segment_is_reported_never_silent() {
     assert_eq!(rec.pending.len(), 30);
     store.close_now().await;
 }
+
+/// Faults on cue for the writer's appends and syncs (the `LogIo` seam).
+#[derive(Default)]
+struct Faults {
+    writes: Mutex<std::collections::VecDeque<Fault>>,
+    syncs: Mutex<std::collections::VecDeque<()>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    NoSpace,
+    Eio,
+    /// Half the bytes reach the file, then the error.
+    Torn,
+}
+
+impl files::LogIo for Faults {
+    fn write_at(&self, file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match self.writes.lock().unwrap().pop_front() {
+            None => file.write_all_at(buf, at),
+            Some(Fault::NoSpace) => Err(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+            Some(Fault::Eio) => Err(std::io::Error::other("injected EIO")),
+            Some(Fault::Torn) => {
+                file.write_all_at(&buf[..buf.len() / 2], at)?;
+                Err(std::io::Error::other("injected torn write"))
+            }
+        }
+    }
+
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        match self.syncs.lock().unwrap().pop_front() {
+            None => file.sync_data(),
+            Some(()) => Err(std::io::Error::other("injected fsync EIO")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum ModelOp {
+    Accept,
+    Finish(usize),
+    FailWrite(Fault),
+    FailSync,
+    Reopen,
+}
+
+fn model_op() -> impl proptest::strategy::Strategy<Value = ModelOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => Just(ModelOp::Accept),
+        3 => (0usize..64).prop_map(ModelOp::Finish),
+        1 => prop_oneof![Just(Fault::NoSpace), Just(Fault::Eio), Just(Fault::Torn)].prop_map(ModelOp::FailWrite),
+        1 => Just(ModelOp::FailSync),
+        1 => Just(ModelOp::Reopen),
+    ]
+}
+
+/// Message ids of every pending message, read back through the store.
+fn pending_ids(store: &Store, rec: &Recovered) -> std::collections::BTreeMap<String, u64> {
+    rec.pending.iter().map(|d| (store.read(d.seq).unwrap().unwrap().envelope.message_id, d.seq)).collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Random accepts, finishes, reopens and injected faults (ENOSPC, EIO, torn writes,
+    /// failed fsyncs) against a model. Whatever was answered Ok is pending until finished;
+    /// whatever was answered with an error never appears; a finish whose commit saw no
+    /// fault is never pending again; the store always reopens; nothing panics.
+    #[test]
+    fn the_log_keeps_its_promises_under_injected_faults(ops in proptest::collection::vec(model_op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(Faults::default());
+            let open = |faults: Arc<Faults>| Store::open_with_io(dir.path(), 10_000, Metrics::new(), 2048, faults).unwrap();
+            let (mut store, _) = open(faults.clone());
+            // message id -> (seq, finished durably)
+            let mut ok: std::collections::BTreeMap<String, (u64, bool)> = Default::default();
+            let mut refused: Vec<String> = Vec::new();
+            let mut shaky_finishes: std::collections::HashSet<String> = Default::default();
+            let armed = |f: &Faults| !f.writes.lock().unwrap().is_empty() || !f.syncs.lock().unwrap().is_empty();
+            let mut n = 0;
+            for op in ops {
+                match op {
+                    ModelOp::Accept => {
+                        n += 1;
+                        let id = format!("m{n}");
+                        match store.put(&envelope(&id), vec!["a".into()], None).await {
+                            Ok(d) => { ok.insert(id, (d[0].seq, false)); }
+                            Err(_) => refused.push(id),
+                        }
+                    }
+                    ModelOp::Finish(i) => {
+                        let open_ids: Vec<String> = ok.iter().filter(|(_, (_, f))| !f).map(|(k, _)| k.clone()).collect();
+                        if open_ids.is_empty() { continue; }
+                        let id = open_ids[i % open_ids.len()].clone();
+                        let risky = armed(&faults);
+                        store.finish_now("a", ok[&id].0).unwrap();
+                        store.flush_now().await;
+                        if risky || armed(&faults) { shaky_finishes.insert(id.clone()); }
+                        ok.get_mut(&id).unwrap().1 = true;
+                    }
+                    ModelOp::FailWrite(f) => faults.writes.lock().unwrap().push_back(f),
+                    ModelOp::FailSync => faults.syncs.lock().unwrap().push_back(()),
+                    ModelOp::Reopen => {
+                        store.close_now().await;
+                        drop(store);
+                        faults.writes.lock().unwrap().clear();
+                        faults.syncs.lock().unwrap().clear();
+                        let (s, rec) = open(faults.clone());
+                        let pending = pending_ids(&s, &rec);
+                        for (id, (_, finished)) in &ok {
+                            if !finished {
+                                assert!(pending.contains_key(id), "{id} was accepted and is gone");
+                            } else if !shaky_finishes.contains(id) {
+                                assert!(!pending.contains_key(id), "{id} was finished and is pending again");
+                            }
+                        }
+                        for id in &refused {
+                            assert!(!pending.contains_key(id), "{id} was refused (503) and is stored");
+                        }
+                        // Finishes that came back count as open again, with their new seqs.
+                        for (id, (seq, finished)) in ok.iter_mut() {
+                            if let Some(s2) = pending.get(id) {
+                                *seq = *s2;
+                                *finished = false;
+                            }
+                        }
+                        shaky_finishes.clear();
+                        store = s;
+                    }
+                }
+            }
+            store.close_now().await;
+        });
+    }
+}

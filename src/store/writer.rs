@@ -61,7 +61,8 @@ pub(super) struct Writer {
     /// Written but not yet fsync'd (finish frames only; see `commit`).
     pub(super) dirty: bool,
     /// Set when a failed write could not be undone: the log's end is then unknown, so
-    /// nothing more is appended (accepts answer 503) until a restart replays it.
+    /// nothing more is appended (accepts answer 503) until a later commit's retry of the
+    /// undo succeeds.
     pub(super) broken: Option<Broken>,
     /// False while the log cannot be written (readiness follows it).
     pub(super) writable: Arc<AtomicBool>,
