@@ -2,7 +2,6 @@
 //! one `fdatasync` (group commit), applies them to the index, and answers the callers.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::files::{new_segment, sync_dir};
+use super::files::{new_segment, sync_dir, LogIo};
 use super::index::{lock, Index, Lists, Live};
 use super::log::{self, Frame};
 use super::{record, MAX_BATCH, ZERO_AHEAD};
@@ -50,6 +49,8 @@ pub(super) struct Writer {
     pub(super) metrics: Metrics,
     pub(super) active: u64,
     pub(super) active_file: Arc<File>,
+    /// Where appends and syncs go (the seam tests inject faults at).
+    pub(super) io: Arc<dyn LogIo>,
     pub(super) active_len: u64,
     pub(super) segment_bytes: u64,
     /// Length of the active file: zeros from `active_len` to here (see `zero_ahead`).
@@ -131,7 +132,7 @@ impl Writer {
 
     pub(super) fn sync_lazy(&mut self) {
         if self.dirty {
-            match self.active_file.sync_data() {
+            match self.io.sync(&self.active_file) {
                 Ok(()) => self.dirty = false,
                 Err(e) => tracing::warn!(error = %e, "store sync failed; retried"),
             }
@@ -313,7 +314,7 @@ impl Writer {
     pub(super) fn write(&mut self, buf: &[u8], base: u64, sync: bool) -> Result<(), QueueError> {
         if let Some(b) = &self.broken {
             let zeros = vec![0u8; b.len];
-            match self.active_file.write_all_at(&zeros, b.base).and_then(|_| self.active_file.sync_data()) {
+            match self.io.write_at(&self.active_file, &zeros, b.base).and_then(|_| self.io.sync(&self.active_file)) {
                 Ok(()) => {
                     tracing::info!(offset = b.base, bytes = b.len, "log end re-established after a failed write");
                     self.broken = None;
@@ -325,11 +326,11 @@ impl Writer {
             Ok(())
         } else {
             self.dirty = true;
-            self.active_file.write_all_at(buf, base).map_err(|e| QueueError::io("writing the log", e))
+            self.io.write_at(&self.active_file, buf, base).map_err(|e| QueueError::io("writing the log", e))
         };
         let synced = written.and_then(|()| {
             if sync && self.dirty {
-                self.active_file.sync_data().map_err(|e| QueueError::io("syncing the log", e))?;
+                self.io.sync(&self.active_file).map_err(|e| QueueError::io("syncing the log", e))?;
                 self.dirty = false;
             }
             Ok(())
@@ -337,7 +338,8 @@ impl Writer {
         let Err(e) = synced else { return Ok(()) };
         if !buf.is_empty() {
             let zeros = vec![0u8; buf.len()];
-            if self.active_file.write_all_at(&zeros, base).and_then(|_| self.active_file.sync_data()).is_err() {
+            if self.io.write_at(&self.active_file, &zeros, base).and_then(|_| self.io.sync(&self.active_file)).is_err()
+            {
                 self.broken = Some(Broken { base, len: buf.len(), error: e.clone() });
             }
         }
@@ -352,7 +354,7 @@ impl Writer {
         if from - self.active_len >= ZERO_AHEAD / 2 {
             return;
         }
-        match self.active_file.write_all_at(&self.zeros, from) {
+        match self.io.write_at(&self.active_file, &self.zeros, from) {
             Ok(()) => {
                 self.allocated = from + ZERO_AHEAD;
                 if let Some(s) = lock(&self.index).segments.get_mut(&self.active) {
