@@ -365,6 +365,9 @@ enum ModelOp {
     FailWrite(Fault),
     FailSync,
     Reopen,
+    /// kill -9: the files as they are right now (what the kernel holds) are what the next
+    /// process opens; the old one's threads never get to finish anything.
+    Crash,
 }
 
 fn model_op() -> impl proptest::strategy::Strategy<Value = ModelOp> {
@@ -375,6 +378,7 @@ fn model_op() -> impl proptest::strategy::Strategy<Value = ModelOp> {
         1 => prop_oneof![Just(Fault::NoSpace), Just(Fault::Eio), Just(Fault::Torn)].prop_map(ModelOp::FailWrite),
         1 => Just(ModelOp::FailSync),
         1 => Just(ModelOp::Reopen),
+        1 => Just(ModelOp::Crash),
     ]
 }
 
@@ -386,7 +390,7 @@ fn pending_ids(store: &Store, rec: &Recovered) -> std::collections::BTreeMap<Str
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
 
-    /// Random accepts, finishes, reopens and injected faults (ENOSPC, EIO, torn writes,
+    /// Random accepts, finishes, reopens, crashes and injected faults (ENOSPC, EIO, torn writes,
     /// failed fsyncs) against a model. Whatever was answered Ok is pending until finished;
     /// whatever was answered with an error never appears; a finish whose commit saw no
     /// fault is never pending again; the store always reopens; nothing panics.
@@ -394,10 +398,10 @@ proptest::proptest! {
     fn the_log_keeps_its_promises_under_injected_faults(ops in proptest::collection::vec(model_op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
+            let mut dirs = vec![tempfile::tempdir().unwrap()];
             let faults = Arc::new(Faults::default());
-            let open = |faults: Arc<Faults>| Store::open_with_io(dir.path(), 10_000, Metrics::new(), 2048, faults).unwrap();
-            let (mut store, _) = open(faults.clone());
+            let open = |dir: &Path, faults: Arc<Faults>| Store::open_with_io(dir, 10_000, Metrics::new(), 2048, faults).unwrap();
+            let (mut store, _) = open(dirs[0].path(), faults.clone());
             // message id -> (seq, finished durably)
             let mut ok: std::collections::BTreeMap<String, (u64, bool)> = Default::default();
             let mut refused: Vec<String> = Vec::new();
@@ -426,12 +430,23 @@ proptest::proptest! {
                     }
                     ModelOp::FailWrite(f) => faults.writes.lock().unwrap().push_back(f),
                     ModelOp::FailSync => faults.syncs.lock().unwrap().push_back(()),
-                    ModelOp::Reopen => {
+                    ModelOp::Reopen | ModelOp::Crash => {
+                        if matches!(op, ModelOp::Crash) {
+                            let copy = tempfile::tempdir().unwrap();
+                            let from = dirs.last().unwrap().path().join(QUEUE_DIR);
+                            std::fs::create_dir(copy.path().join(QUEUE_DIR)).unwrap();
+                            for e in std::fs::read_dir(&from).unwrap().flatten() {
+                                if e.file_name() != "LOCK" {
+                                    let _ = std::fs::copy(e.path(), copy.path().join(QUEUE_DIR).join(e.file_name()));
+                                }
+                            }
+                            dirs.push(copy);
+                        }
                         store.close_now().await;
                         drop(store);
                         faults.writes.lock().unwrap().clear();
                         faults.syncs.lock().unwrap().clear();
-                        let (s, rec) = open(faults.clone());
+                        let (s, rec) = open(dirs.last().unwrap().path(), faults.clone());
                         let pending = pending_ids(&s, &rec);
                         for (id, (_, finished)) in &ok {
                             if !finished {
