@@ -169,7 +169,7 @@ impl Compactor {
         }
         if self.keys_files.last().is_none_or(|k| k.bytes >= KEYS_FILE_BYTES) {
             let id = self.keys_files.last().map_or(1, |k| k.id + 1);
-            let (_, bytes) = create_log_file(&self.dir, &keys_name(id), 0, 0)?;
+            let (_, bytes) = create_log_file(&self.dir, &keys_name(id), 0, 0, 0)?;
             self.keys_files.push(KeysFile { id, path: self.dir.join(keys_name(id)), bytes, until: 0 });
         }
         let kf = self.keys_files.last_mut().expect("just ensured");

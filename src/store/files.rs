@@ -32,13 +32,14 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), QueueError> {
 pub(super) fn create_log_file(
     dir: &Path,
     name: &str,
+    number: u64,
     next_seq: u64,
     preallocate: u64,
 ) -> Result<(File, u64), QueueError> {
     let path = dir.join(name);
     let file = OpenOptions::new().create_new(true).write(true).read(true).open(&path).map_err(io_err(&path))?;
     let mut buf = Vec::new();
-    let size = log::append(&mut buf, &Frame::Header { next_seq }) as u64;
+    let size = log::append(&mut buf, &Frame::Header { next_seq, file: number }) as u64;
     let zeros = vec![0u8; 1 << 20];
     let mut at = size;
     let written = file.write_all_at(&buf, 0).and_then(|_| {
@@ -59,7 +60,7 @@ pub(super) fn create_log_file(
 
 pub(super) fn new_segment(dir: &Path, id: u64, next_seq: u64, preallocate: u64) -> Result<Segment, QueueError> {
     let name = segment_name(id);
-    let (file, bytes) = create_log_file(dir, &name, next_seq, preallocate)?;
+    let (file, bytes) = create_log_file(dir, &name, id, next_seq, preallocate)?;
     let allocated = preallocate.max(bytes);
     Ok(Segment { file: Arc::new(file), path: dir.join(name), bytes, allocated, live: 0, live_bytes: 0, keys_until: 0 })
 }

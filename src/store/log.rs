@@ -6,7 +6,7 @@
 //!
 //! | kind | payload after the kind byte |
 //! |---|---|
-//! | header | `MAGIC`, next seq when the file was created (u64) — always the first frame |
+//! | header | `MAGIC` (the format and its version), next seq when the file was created (u64), the file's number (u64; 0 for keys files, absent in files from before it was written) — always the first frame |
 //! | accept | seq (u64), has-key (u8), [key (u128), expires (u64)], the message record |
 //! | key | key (u128), expires (u64): a remembered MessageId |
 //! | finish | seq (u64), destination name: that delivery is done |
@@ -31,8 +31,10 @@ const PAD: u8 = 4;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
+    /// `file`: the segment's number, checked against its name (0: not recorded).
     Header {
         next_seq: u64,
+        file: u64,
     },
     Accept {
         seq: u64,
@@ -74,9 +76,10 @@ fn put_key(out: &mut Vec<u8>, key: MessageKey, expires_at: u64) {
 /// Appends `frame`; returns its size on disk.
 pub fn append(out: &mut Vec<u8>, frame: &Frame<'_>) -> u32 {
     match *frame {
-        Frame::Header { next_seq } => append_with(out, HEADER, |o| {
+        Frame::Header { next_seq, file } => append_with(out, HEADER, |o| {
             o.extend_from_slice(MAGIC);
             o.extend_from_slice(&next_seq.to_le_bytes());
+            o.extend_from_slice(&file.to_le_bytes());
         }),
         Frame::Accept { seq, key, record } => append_accept(out, seq, key, |o| o.extend_from_slice(record)),
         Frame::Key { key, expires_at } => append_with(out, KEY, |o| put_key(o, key, expires_at)),
@@ -120,7 +123,8 @@ fn key_at(b: &[u8], at: usize) -> Option<(MessageKey, u64)> {
 /// Parses a payload whose CRC already matched; `None` for an unknown or malformed one.
 pub fn decode(p: &[u8]) -> Option<Frame<'_>> {
     match *p.first()? {
-        HEADER => (p.get(1..9)? == MAGIC).then_some(Frame::Header { next_seq: u64_at(p, 9)? }),
+        HEADER => (p.get(1..9)? == MAGIC)
+            .then_some(Frame::Header { next_seq: u64_at(p, 9)?, file: u64_at(p, 17).unwrap_or(0) }),
         ACCEPT => {
             let seq = u64_at(p, 1)?;
             let (key, rest) = match *p.get(9)? {
@@ -300,7 +304,7 @@ mod tests {
 
     fn frames() -> Vec<Frame<'static>> {
         vec![
-            Frame::Header { next_seq: 7 },
+            Frame::Header { next_seq: 7, file: 3 },
             Frame::Accept { seq: 7, key: Some((MessageKey(u128::MAX - 3), 99)), record: b"rec" },
             Frame::Accept { seq: 8, key: None, record: b"" },
             Frame::Key { key: MessageKey(5), expires_at: 1 },
@@ -336,7 +340,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let mut buf = Vec::new();
-        let first = append(&mut buf, &Frame::Header { next_seq: 1 }) as usize;
+        let first = append(&mut buf, &Frame::Header { next_seq: 1, file: 1 }) as usize;
         append(&mut buf, &Frame::Accept { seq: 1, key: None, record: b"{\"a\":1}" });
         let read_second = |bytes: &[u8]| {
             std::fs::write(&path, bytes).unwrap();

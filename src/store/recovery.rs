@@ -95,11 +95,13 @@ impl Recovery {
             let live = &mut index.live;
             let highest_before = next_seq;
             let mut header_seq = None;
+            let mut header_file = 0;
             let read =
                 read_log(data_dir, &path, &mut corrupt, &mut damage, Some(id) != newest, |offset, size, frame| {
                     match frame {
-                        Frame::Header { next_seq: n } => {
+                        Frame::Header { next_seq: n, file } => {
                             header_seq = Some(n);
+                            header_file = file;
                             next_seq = next_seq.max(n)
                         }
                         Frame::Key { key, expires_at } => {
@@ -153,6 +155,11 @@ impl Recovery {
                         }
                     }
                 })?;
+            if header_file != 0 && header_file != id {
+                let detail = format!("its header says segment {header_file}: a file renamed or copied over another");
+                tracing::error!(path = %path.display(), %detail, "store segment out of sequence");
+                damage.push(Damage { file: path.clone(), kind: "out_of_sequence", detail, skipped_bytes: 0 });
+            }
             if let Some(n) = header_seq.filter(|n| *n + 1 < highest_before) {
                 let detail =
                     format!("starts at seq {n}, but an earlier segment already reached {}", highest_before - 1);

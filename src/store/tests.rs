@@ -309,6 +309,14 @@ async fn an_emptied_or_missing_segment_is_reported_never_silent() {
     assert!(!rec.pending.is_empty());
     store.close_now().await;
 
+    // A segment copied over another (its header names a different number).
+    let dir = tempfile::tempdir().unwrap();
+    let segs = several_segments(dir.path()).await;
+    std::fs::copy(&segs[1], &segs[2]).unwrap();
+    let (store, rec) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
+    assert!(rec.damage.iter().any(|d| d.kind == "out_of_sequence"), "{:?}", rec.damage);
+    store.close_now().await;
+
     // The newest file empty is a crash while creating it: set aside, not damage.
     let dir = tempfile::tempdir().unwrap();
     let segs = several_segments(dir.path()).await;
