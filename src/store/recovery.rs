@@ -155,15 +155,23 @@ impl Recovery {
                         }
                     }
                 })?;
+            let mut out_of_sequence = Vec::new();
             if header_file != 0 && header_file != id {
-                let detail = format!("its header says segment {header_file}: a file renamed or copied over another");
-                tracing::error!(path = %path.display(), %detail, "store segment out of sequence");
-                damage.push(Damage { file: path.clone(), kind: "out_of_sequence", detail, skipped_bytes: 0 });
+                out_of_sequence
+                    .push(format!("its header says segment {header_file}: a file renamed or copied over another"));
             }
             if let Some(n) = header_seq.filter(|n| *n + 1 < highest_before) {
-                let detail =
-                    format!("starts at seq {n}, but an earlier segment already reached {}", highest_before - 1);
-                tracing::error!(path = %path.display(), %detail, "store segment out of sequence");
+                out_of_sequence
+                    .push(format!("starts at seq {n}, but an earlier segment already reached {}", highest_before - 1));
+            }
+            if !out_of_sequence.is_empty() && read.is_some() {
+                // Kept in place (what it holds is readable) and copied aside for a look.
+                let to = aside_path(data_dir, &path);
+                std::fs::copy(&path, &to).map_err(io_err(&to))?;
+                corrupt.push(to);
+            }
+            for detail in out_of_sequence {
+                tracing::error!(path = %path.display(), %detail, "store segment out of sequence (a copy is set aside)");
                 damage.push(Damage { file: path.clone(), kind: "out_of_sequence", detail, skipped_bytes: 0 });
             }
             let Some(bytes) = read else { continue };
@@ -197,10 +205,10 @@ pub(super) fn read_log(
     sealed: bool,
     mut f: impl FnMut(u64, u32, Frame<'_>),
 ) -> Result<Option<u64>, QueueError> {
-    let aside = || {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        data_dir.join(format!("{name}.corrupt-{}", crate::dedup::unix_now()))
-    };
+    let aside = || aside_path(data_dir, path);
+    // After a resync: which damage record to complete with the messages lost, once the
+    // next accept says where the seqs resume.
+    let mut resumed: Option<usize> = None;
     let mut reader = Reader::open(path).map_err(io_err(path))?;
     let mut first = true;
     let mut copied = false;
@@ -213,6 +221,15 @@ pub(super) fn read_log(
                 }
                 first = false;
                 if let Frame::Accept { seq, .. } = frame {
+                    if let Some(i) = resumed.take() {
+                        let lost = seq.saturating_sub(highest_seq + 1);
+                        if lost > 0 {
+                            let note =
+                                format!("; {lost} message(s) lost with it (seqs {}..={})", highest_seq + 1, seq - 1);
+                            tracing::error!(path = %path.display(), lost, "messages lost in the damaged part of the store");
+                            damage[i].detail.push_str(&note);
+                        }
+                    }
                     highest_seq = highest_seq.max(seq);
                 }
                 f(offset, size, frame);
@@ -255,6 +272,7 @@ pub(super) fn read_log(
                         let detail =
                             format!("{why} at byte {offset}; skipped {} bytes to the next valid frame", next - offset);
                         tracing::error!(path = %path.display(), %detail, "damaged store file: salvaging what follows the damage (a copy is set aside)");
+                        resumed = Some(damage.len());
                         damage.push(Damage {
                             file: path.to_path_buf(),
                             kind: "damaged_frame",
@@ -290,4 +308,9 @@ pub(super) fn read_log(
     });
     corrupt.push(to);
     Ok(None)
+}
+
+fn aside_path(data_dir: &Path, path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    data_dir.join(format!("{name}.corrupt-{}", crate::dedup::unix_now()))
 }

@@ -160,6 +160,8 @@ async fn one_bad_byte_loses_one_message_and_what_follows_is_salvaged() {
     assert!(std::fs::metadata(&rec.corrupt[0]).unwrap().len() == bytes.len() as u64, "copy is the whole file");
     assert_eq!(rec.damage.len(), 1);
     assert!(rec.damage[0].kind == "damaged_frame" && rec.damage[0].skipped_bytes > 0, "{:?}", rec.damage);
+    let lost = format!("1 message(s) lost with it (seqs {}..={})", seqs[7], seqs[7]);
+    assert!(rec.damage[0].detail.contains(&lost), "{:?}", rec.damage);
     // Appends continue after the salvaged part.
     let d = store.put(&envelope("after"), vec!["a".into()], None).await.unwrap();
     store.close_now().await;
@@ -315,6 +317,7 @@ async fn an_emptied_or_missing_segment_is_reported_never_silent() {
     std::fs::copy(&segs[1], &segs[2]).unwrap();
     let (store, rec) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
     assert!(rec.damage.iter().any(|d| d.kind == "out_of_sequence"), "{:?}", rec.damage);
+    assert!(!rec.corrupt.is_empty(), "no copy set aside");
     store.close_now().await;
 
     // The newest file empty is a crash while creating it: set aside, not damage.
