@@ -176,25 +176,19 @@ impl Outbound {
     /// POSTs JSON; reads at most the first 4 KiB of the answer.
     pub async fn post_json(&self, url: &str, body: Bytes, timeout: Duration) -> Result<Response, PostError> {
         let url = reqwest::Url::parse(url).map_err(|_| PostError::BadUrl)?;
-        let fut = async {
-            let response = self
-                .client
-                .post(url)
-                .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
-                .body(body)
-                .send()
-                .await
-                .map_err(post_error)?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            let (answer, _) = read_capped(response, MAX_ANSWER).await.unwrap_or_default();
-            Ok(Response { status, body: String::from_utf8_lossy(&answer).into_owned(), retry_after })
-        };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| PostError::Timeout)?
+        let request = self
+            .client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(body)
+            .build()
+            .map_err(|_| PostError::BadUrl)?;
+        let x = self.exchange(request, MAX_ANSWER, timeout).await.map_err(Failure::post)?;
+        Ok(Response {
+            status: x.status,
+            body: String::from_utf8_lossy(&x.body).into_owned(),
+            retry_after: x.retry_after,
+        })
     }
 
     /// GETs `url` (http or https); only a 200 with at most `max_body` bytes counts.
@@ -203,30 +197,15 @@ impl Outbound {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(FetchError::BadUrl);
         }
-        let fut = async {
-            let response = self.client.get(url).send().await.map_err(|e| {
-                if e.is_connect() {
-                    FetchError::Connect
-                } else if e.is_timeout() {
-                    FetchError::Timeout
-                } else {
-                    FetchError::Http(e.without_url().to_string())
-                }
-            })?;
-            if response.status() != reqwest::StatusCode::OK {
-                return Err(FetchError::Status(response.status().as_u16()));
-            }
-            match read_capped(response, max_body).await {
-                Ok((body, false)) => Ok(body),
-                Ok((_, true)) => Err(FetchError::TooLarge(max_body)),
-                Err(e) => Err(FetchError::Http(e.without_url().to_string())),
-            }
-        };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| FetchError::Timeout)?
+        let request = self.client.get(url).build().map_err(|_| FetchError::BadUrl)?;
+        let x = self.exchange(request, max_body, timeout).await.map_err(Failure::fetch)?;
+        match (x.status, x.truncated) {
+            (200, false) => Ok(x.body),
+            (200, true) => Err(FetchError::TooLarge(max_body)),
+            (status, _) => Err(FetchError::Status(status)),
+        }
     }
-}
 
-impl Outbound {
     /// Sends a prepared request (AWS API calls: signed headers are kept as they are) and
     /// returns the status and at most `max_body` bytes of the answer.
     pub async fn send(
@@ -236,28 +215,13 @@ impl Outbound {
         timeout: Duration,
     ) -> Result<(u16, Bytes), FetchError> {
         let request = reqwest::Request::try_from(request).map_err(|_| FetchError::BadUrl)?;
-        let fut = async {
-            let response = self.client.execute(request).await.map_err(|e| {
-                if e.is_connect() {
-                    FetchError::Connect
-                } else if e.is_timeout() {
-                    FetchError::Timeout
-                } else {
-                    FetchError::Http(e.without_url().to_string())
-                }
-            })?;
-            let status = response.status().as_u16();
-            match read_capped(response, max_body).await {
-                Ok((body, false)) => Ok((status, body)),
-                Ok((_, true)) => Err(FetchError::TooLarge(max_body)),
-                Err(e) => Err(FetchError::Http(e.without_url().to_string())),
-            }
-        };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| FetchError::Timeout)?
+        let x = self.exchange(request, max_body, timeout).await.map_err(Failure::fetch)?;
+        if x.truncated {
+            return Err(FetchError::TooLarge(max_body));
+        }
+        Ok((x.status, x.body))
     }
-}
 
-impl Outbound {
     /// Like [`Outbound::send`], for APIs that rate-limit: also returns `Retry-After`, and
     /// fails as a post does (a refused or failed connection is retried, not a verdict).
     pub async fn send_with_retry_after(
@@ -267,30 +231,75 @@ impl Outbound {
         timeout: Duration,
     ) -> Result<(u16, Bytes, Option<Duration>), PostError> {
         let request = reqwest::Request::try_from(request).map_err(|_| PostError::BadUrl)?;
+        let x = self.exchange(request, max_body, timeout).await.map_err(Failure::post)?;
+        Ok((x.status, x.body, x.retry_after))
+    }
+
+    /// One request and at most `max_body` bytes of its answer, within `timeout`.
+    async fn exchange(
+        &self,
+        request: reqwest::Request,
+        max_body: usize,
+        timeout: Duration,
+    ) -> Result<Exchange, Failure> {
         let fut = async {
-            let response = self.client.execute(request).await.map_err(post_error)?;
+            let response = self.client.execute(request).await.map_err(Failure::from)?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let (body, _) = read_capped(response, max_body).await.map_err(post_error)?;
-            Ok((status, body, retry_after))
+            let (body, truncated) = read_capped(response, max_body).await.map_err(Failure::from)?;
+            Ok(Exchange { status, body, truncated, retry_after })
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| PostError::Timeout)?
+        tokio::time::timeout(timeout, fut).await.map_err(|_| Failure::Timeout)?
     }
 }
 
-fn post_error(e: reqwest::Error) -> PostError {
-    if e.is_timeout() {
-        PostError::Timeout
-    } else if e.is_connect() {
-        PostError::Connect
-    } else if e.is_builder() {
-        PostError::BadUrl
-    } else {
-        PostError::Request
+/// An answer as read.
+struct Exchange {
+    status: u16,
+    body: Bytes,
+    /// More than `max_body` was sent; `body` holds the first part.
+    truncated: bool,
+    retry_after: Option<Duration>,
+}
+
+/// Why there was no answer; the message never holds the URL.
+enum Failure {
+    Timeout,
+    Connect,
+    Other(String),
+}
+
+impl From<reqwest::Error> for Failure {
+    fn from(e: reqwest::Error) -> Failure {
+        if e.is_timeout() {
+            Failure::Timeout
+        } else if e.is_connect() {
+            Failure::Connect
+        } else {
+            Failure::Other(e.without_url().to_string())
+        }
+    }
+}
+
+impl Failure {
+    fn post(self) -> PostError {
+        match self {
+            Failure::Timeout => PostError::Timeout,
+            Failure::Connect => PostError::Connect,
+            Failure::Other(_) => PostError::Request,
+        }
+    }
+
+    fn fetch(self) -> FetchError {
+        match self {
+            Failure::Timeout => FetchError::Timeout,
+            Failure::Connect => FetchError::Connect,
+            Failure::Other(why) => FetchError::Http(why),
+        }
     }
 }
 

@@ -20,6 +20,18 @@ fn serve(dir: &Path, port: u16, admin: u16) -> Child {
     cmd.args(["--shutdown-timeout", "5s"]).spawn().unwrap()
 }
 
+/// `serve` on `routes`, its stderr to `<dir>/log`; the caller adds flags and env, then spawns.
+fn logged_serve(dir: &Path, routes: &str) -> (Command, u16, u16) {
+    std::fs::write(dir.join("routes.toml"), routes).unwrap();
+    signer().pin_into(&dir.join("certs")).unwrap();
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    webhook_relay::testkit::serve_args(&mut cmd, dir, port, admin);
+    cmd.stderr(log);
+    (cmd, port, admin)
+}
+
 async fn wait_ready(admin: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -362,20 +374,12 @@ async fn logs_name_the_alarm_and_print_muted_routes_plainly() {
     let dir = tempfile::tempdir().unwrap();
     let sink = SlackSink::start().await.unwrap();
     let url = sink.url("c");
-    std::fs::write(
-        dir.path().join("routes.toml"),
-        format!(
-            "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n[destinations.c]\nurl = \"{url}\"\n\
-             [[route]]\nname = \"hush\"\nalarm_name = [\"noisy-*\"]\nenabled = false\n[[route]]\nname = \"all\"\nto = [\"c\"]\n"
-        ),
-    )
-    .unwrap();
-    signer().pin_into(&dir.path().join("certs")).unwrap();
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let mut cmd = Command::new(BIN);
-    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), port, admin);
-    let mut child = cmd.env("WEBHOOK_RELAY_LOG", "webhook_relay=debug").stderr(log).spawn().unwrap();
+    let routes = format!(
+        "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n[destinations.c]\nurl = \"{url}\"\n\
+         [[route]]\nname = \"hush\"\nalarm_name = [\"noisy-*\"]\nenabled = false\n[[route]]\nname = \"all\"\nto = [\"c\"]\n"
+    );
+    let (mut cmd, port, admin) = logged_serve(dir.path(), &routes);
+    let mut child = cmd.env("WEBHOOK_RELAY_LOG", "webhook_relay=debug").spawn().unwrap();
     wait_ready(admin).await;
     let addr = ([127, 0, 0, 1], port).into();
     let body = alarm(signer(), "l1", "prod-db-latency", "ALARM").to_string();
@@ -407,17 +411,11 @@ async fn https_proxy_from_the_environment_with_credentials_never_logged() {
     let front = tls_front(&ca, &["hooks.slack.test"], sink.addr).await;
     let proxy = Proxy::start(Mode::Tunnel { to: front }, Some("relay:s3cret")).await;
     let ca_file = ca.write_pem(dir.path());
-    std::fs::write(
-        dir.path().join("routes.toml"),
+    let (mut cmd, port, admin) = logged_serve(
+        dir.path(),
         "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n[destinations.c]\nurl = \"env:SLACK_C\"\n\
          [[route]]\nname = \"all\"\nto = [\"c\"]\n",
-    )
-    .unwrap();
-    signer().pin_into(&dir.path().join("certs")).unwrap();
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let mut cmd = Command::new(BIN);
-    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), port, admin);
+    );
     let mut child = cmd
         .args(["--tls-roots", "webpki", "--extra-ca"])
         .arg(&ca_file)
@@ -425,7 +423,6 @@ async fn https_proxy_from_the_environment_with_credentials_never_logged() {
         .env("HTTPS_PROXY", proxy.url_with("relay:s3cret"))
         .env("no_proxy", "example.org")
         .env("WEBHOOK_RELAY_LOG", "webhook_relay=debug")
-        .stderr(log)
         .spawn()
         .unwrap();
     wait_ready(admin).await;

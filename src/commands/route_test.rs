@@ -122,29 +122,22 @@ fn envelope_from(text: &str) -> Option<Envelope> {
             fallback_from: None,
         });
     }
-    if let Some((event, _)) = crate::model::parse_event(text) {
-        // A bare EventBridge event: as if its rule had sent it to a topic in its account.
-        let region = event.region.unwrap_or_else(|| "us-east-1".into());
-        let account = event.account.unwrap_or_else(|| "000000000000".into());
-        return Some(Envelope {
-            message_id: "route-test".into(),
-            topic_arn: format!("arn:aws:sns:{region}:{account}:route-test"),
-            subject: None,
-            message: text.to_string(),
-            timestamp: String::new(),
-            fallback_from: None,
-        });
-    }
-    let alarm = crate::model::parse_alarm(&v.to_string())?;
-    // A bare alarm has no topic: make one from its ARN's region and account.
-    let region = alarm.arn.as_deref().and_then(|a| a.split(':').nth(3)).unwrap_or("us-east-1");
-    let account = alarm.account.clone().unwrap_or_else(|| "000000000000".into());
-    Some(Envelope {
+    // A bare EventBridge event or alarm has no topic: as if it had been sent to a topic in
+    // its own account and region.
+    let wrapped = |region: &str, account: &str| Envelope {
         message_id: "route-test".into(),
         topic_arn: format!("arn:aws:sns:{region}:{account}:route-test"),
         subject: None,
         message: text.to_string(),
         timestamp: String::new(),
         fallback_from: None,
-    })
+    };
+    if let Some((event, _)) = crate::model::parse_event(text) {
+        let region = event.region.unwrap_or_else(|| "us-east-1".into());
+        let account = event.account.unwrap_or_else(|| "000000000000".into());
+        return Some(wrapped(&region, &account));
+    }
+    let alarm = crate::model::parse_alarm(&v.to_string())?;
+    let region = alarm.arn.as_deref().and_then(|a| a.split(':').nth(3)).unwrap_or("us-east-1");
+    Some(wrapped(region, alarm.account.as_deref().unwrap_or("000000000000")))
 }
