@@ -50,6 +50,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aws;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod dedup;

@@ -31,10 +31,17 @@ enum LogFormat {
 enum Command {
     /// Run the gateway.
     Serve(Box<Serve>),
-    /// Validate a routes file; print every problem with its line; exit 1 if any.
+    /// Validate a routes file; print every problem with its line; exit 1 if any. With
+    /// --nats, also whether the NATS cluster is reachable with JetStream on.
     Check {
         #[arg(long, env = "WEBHOOK_RELAY_CONFIG", default_value = "routes.toml")]
         config: PathBuf,
+        /// NATS URLs (nats://[user:password@]host:port), comma-separated.
+        #[arg(long, env = "WEBHOOK_RELAY_NATS", value_delimiter = ',')]
+        nats: Vec<String>,
+        /// A NATS credentials file.
+        #[arg(long, env = "WEBHOOK_RELAY_NATS_CREDS")]
+        nats_creds: Option<PathBuf>,
     },
     /// Print which routes and destinations a message would go to, sending nothing.
     RouteTest {
@@ -201,7 +208,15 @@ fn main() -> ExitCode {
             serve(*s)
         }
         Command::Demo => commands::demo::run(&mut out),
-        Command::Check { config } => commands::check::run(&config, &mut out),
+        Command::Check { config, nats, nats_creds } => {
+            let code = commands::check::run(&config, &mut out);
+            if nats.is_empty() {
+                code
+            } else {
+                let settings = webhook_relay::cluster::NatsSettings { urls: nats, creds: nats_creds };
+                code.max(commands::check::nats(&settings, &mut out))
+            }
+        }
         Command::RouteTest { config, payload, message } => {
             commands::route_test::run(&config, &message, payload, &mut out)
         }

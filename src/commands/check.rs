@@ -36,3 +36,33 @@ pub fn run(path: &Path, out: &mut dyn std::io::Write) -> i32 {
         }
     }
 }
+
+/// `check --nats`: 0 when the cluster answers with JetStream on, 1 otherwise. Prints hosts,
+/// never credentials.
+pub fn nats(settings: &crate::cluster::NatsSettings, out: &mut dyn std::io::Write) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(out, "cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(crate::cluster::check(settings)) {
+        Ok(h) => {
+            let _ = writeln!(
+                out,
+                "nats {}: reachable (server {} v{}, {} peer(s) advertised), JetStream enabled ({} stream(s))",
+                crate::cluster::shown(&settings.urls),
+                h.server,
+                h.version,
+                h.peers,
+                h.streams
+            );
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(out, "nats: {e}");
+            1
+        }
+    }
+}

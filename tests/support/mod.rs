@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 pub use webhook_relay::testkit::{signer::alarm_message, Reply, SlackSink, TestSigner};
 use webhook_relay::{Running, Settings};
 
+pub mod nats;
 pub mod proxy;
 
 pub const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:alarms-prod";

