@@ -503,6 +503,10 @@ region = ["eu-west-1"]
 severity = ["critical"]
 state = ["ALARM"]
 to = ["alarms"]
+[[route]]
+name = "composite"
+alarm_name = ["prod-checkout-*"]
+to = ["alarms"]
 "#,
         sec = sink.url("sec"),
         health = sink.url("health"),
@@ -510,20 +514,25 @@ to = ["alarms"]
     );
     let gw = start(&cfg).await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/eventbridge");
-    for (i, name) in
-        ["guardduty-finding", "health-event", "backup-job-failed", "cloudwatch-metric-alarm"].iter().enumerate()
-    {
+    let samples = [
+        "guardduty-finding",
+        "health-event",
+        "backup-job-failed",
+        "cloudwatch-metric-alarm",
+        "cloudwatch-composite-alarm",
+    ];
+    for (i, name) in samples.iter().enumerate() {
         let message = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
         let body = signer().notification(TOPIC, &format!("eb{i}"), None, &message).to_string();
         assert_eq!(gw.post(body).await, (200, "accepted\n".to_string()), "{name}");
     }
     let done = |_: &[webhook_relay::testkit::Post]| {
-        sink.delivered("sec").len() == 1 && sink.delivered("health").len() == 2 && sink.delivered("alarms").len() == 1
+        sink.delivered("sec").len() == 1 && sink.delivered("health").len() == 2 && sink.delivered("alarms").len() == 2
     };
     assert!(
         sink.wait_until(Duration::from_secs(10), done).await,
         "{:?}",
-        sink.posts().iter().map(|p| &p.channel).collect::<Vec<_>>()
+        sink.posts().iter().map(|p| (&p.channel, p.body["text"].to_string())).collect::<Vec<_>>()
     );
     let sec = serde_json::to_string(&sink.delivered("sec")[0].body).unwrap();
     assert!(sec.contains("GuardDuty Finding") && sec.contains("UnauthorizedAccess:EC2/SSHBruteForce"), "{sec}");
@@ -531,6 +540,11 @@ to = ["alarms"]
     let alarm = &sink.delivered("alarms")[0].body;
     let text = alarm["text"].as_str().unwrap();
     assert!(text.contains("ALARM") && text.contains("prod-api-cpu-critical"), "{text}");
+    let composite = serde_json::to_string(&sink.delivered("alarms")[1].body).unwrap();
+    assert!(
+        composite.contains("prod-checkout-degraded-critical") && composite.contains("ALARM(prod-checkout-5xx)"),
+        "{composite}"
+    );
     let rendered = serde_json::to_string(alarm).unwrap();
     assert!(
         rendered.contains("eu-west-1.console.aws.amazon.com") && rendered.contains("210987654321 / eu-west-1"),
