@@ -62,58 +62,74 @@ async fn get(addr: SocketAddr, path: &str) -> u16 {
     reqwest_like::Client.get(addr, path).await.0
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_disk_recovers_by_itself_once_the_backlog_drains() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let Some(_tmpfs) = Tmpfs::mount(&mnt, "40m") else { return };
+/// routes.toml with one destination at a Slack that is down (nothing listens yet); returns
+/// where it would listen.
+fn one_route(dir: &Path) -> SocketAddr {
     let slack: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let cfg = dir.path().join("routes.toml");
     std::fs::write(
-        &cfg,
+        dir.join("routes.toml"),
         format!(
             "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n[destinations.c]\nurl = \"http://{slack}/hook/c\"\n\
              rate = \"200/s\"\nburst = 50\nmax_attempts = 100000\n[[route]]\nname = \"all\"\nto = [\"c\"]\n"
         ),
     )
     .unwrap();
-    signer().pin_into(&dir.path().join("certs")).unwrap();
-    let (port, admin) = (free_port(), free_port());
+    signer().pin_into(&dir.join("certs")).unwrap();
+    slack
+}
+
+/// The gateway with its data dir on `mnt`, its log in `dir/log`.
+fn spawn(dir: &Path, mnt: &Path, port: u16, admin: u16) -> Gateway {
     let child = Command::new(BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
         .arg("--config")
-        .arg(&cfg)
+        .arg(dir.join("routes.toml"))
         .arg("--data-dir")
         .arg(mnt.join("data"))
         .arg("--sns-cert-dir")
-        .arg(dir.path().join("certs"))
+        .arg(dir.join("certs"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
         .spawn()
         .unwrap();
-    let _gateway = Gateway(child);
-    let (addr, admin): (SocketAddr, SocketAddr) = (([127, 0, 0, 1], port).into(), ([127, 0, 0, 1], admin).into());
+    Gateway(child)
+}
+
+async fn wait_up(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while reqwest_like::try_post(addr, "x".into()).await.is_err() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A signed alarm of about 100 KB (a long description).
+fn big(i: usize) -> String {
+    let mut msg: serde_json::Value = serde_json::from_str(&alarm_message(
+        &format!("prod-fill{i}"),
+        "ALARM",
+        "OK",
+        "full",
+        "us-east-1",
+        "123456789012",
+    ))
+    .unwrap();
+    msg["AlarmDescription"] = "x".repeat(100_000).into();
+    signer().notification(TOPIC, &format!("fill-{i}"), None, &msg.to_string()).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_recovers_by_itself_once_the_backlog_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&mnt, "40m") else { return };
+    let slack = one_route(dir.path());
+    let (port, admin) = (free_port(), free_port());
+    let _gateway = spawn(dir.path(), &mnt, port, admin);
+    let (addr, admin): (SocketAddr, SocketAddr) = (([127, 0, 0, 1], port).into(), ([127, 0, 0, 1], admin).into());
+    wait_up(addr).await;
 
     // Slack is down: big alarms (100 KB each) until the disk is full.
-    let padding = "x".repeat(100_000);
-    let big = |i: usize| {
-        let mut msg: serde_json::Value = serde_json::from_str(&alarm_message(
-            &format!("prod-fill{i}"),
-            "ALARM",
-            "OK",
-            "full",
-            "us-east-1",
-            "123456789012",
-        ))
-        .unwrap();
-        msg["AlarmDescription"] = padding.clone().into();
-        signer().notification(TOPIC, &format!("fill-{i}"), None, &msg.to_string()).to_string()
-    };
     let mut accepted = Vec::new();
     let mut refused = 0;
     for i in 0..1000 {
@@ -139,6 +155,12 @@ async fn a_full_disk_recovers_by_itself_once_the_backlog_drains() {
         .wait_until(Duration::from_secs(60), |_| name_counts(&sink, "c", "prod-fill").len() == accepted.len())
         .await;
     assert!(all, "{} of {} accepted alarms delivered", name_counts(&sink, "c", "prod-fill").len(), accepted.len());
+    // Readiness comes back by itself: a pod that is not ready gets no traffic to find out.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(admin, "/readyz").await != 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(admin, "/readyz").await, 200, "not ready again after the drain, with no request to trigger it");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut answer = 0;
     let mut i = 10_000;
@@ -160,4 +182,37 @@ async fn a_full_disk_recovers_by_itself_once_the_backlog_drains() {
     // The refusals were logged at a bounded rate, not once per failed commit.
     let lines = log.lines().filter(|l| l.contains("store write failed")).count();
     assert!(lines < 30, "{lines} log lines for the write failures");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_comes_back_by_itself_when_space_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&mnt, "40m") else { return };
+    one_route(dir.path());
+    let (port, admin) = (free_port(), free_port());
+    let _gateway = spawn(dir.path(), &mnt, port, admin);
+    let (addr, admin): (SocketAddr, SocketAddr) = (([127, 0, 0, 1], port).into(), ([127, 0, 0, 1], admin).into());
+    wait_up(addr).await;
+    // Something else fills the volume (a ballast file), then a write fails.
+    let ballast = mnt.join("ballast");
+    let _ = std::fs::write(&ballast, vec![1u8; 40 << 20]);
+    let mut refused = false;
+    for i in 0..200 {
+        if reqwest_like::try_post(addr, big(i).into()).await.is_ok_and(|a| a.0 == 503) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the disk never filled");
+    assert_eq!(get(admin, "/readyz").await, 503);
+    // The space comes back; no request arrives (a pod that is not ready gets none).
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(admin, "/readyz").await != 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(admin, "/readyz").await, 200, "readiness did not come back by itself");
+    assert_eq!(reqwest_like::try_post(addr, big(1000).into()).await.unwrap().0, 200);
 }

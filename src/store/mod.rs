@@ -232,6 +232,7 @@ impl Store {
             broken: None,
             writable: writable.clone(),
             unlogged_errors: 0,
+            failed_len: 0,
             last_error_log: None,
         };
         let compactor = Compactor {

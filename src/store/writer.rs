@@ -69,6 +69,8 @@ pub(super) struct Writer {
     pub(super) writable: Arc<AtomicBool>,
     /// Failed commits not yet logged (errors are logged at most once a second).
     pub(super) unlogged_errors: u64,
+    /// Bytes of the last batch that failed: what a probe must be able to write.
+    pub(super) failed_len: usize,
     pub(super) last_error_log: Option<Instant>,
 }
 
@@ -76,6 +78,8 @@ pub(super) struct Writer {
 pub(super) const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Finish frames written without an fsync get one at the latest after this.
 pub(super) const LAZY_SYNC: Duration = Duration::from_millis(200);
+/// How often a writer that cannot write checks whether it can again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Bytes of a failed batch that may have reached the file and could not be zeroed: the
 /// log's end is uncertain until they are. Each commit tries again first; nothing is
@@ -100,11 +104,20 @@ struct Accepted {
 impl Writer {
     pub(super) fn run(mut self, rx: std_mpsc::Receiver<Op>) {
         loop {
-            let wait = if self.dirty { LAZY_SYNC } else { Duration::from_secs(3600) };
+            let wait = if !self.writable.load(Ordering::Relaxed) {
+                PROBE_EVERY
+            } else if self.dirty {
+                LAZY_SYNC
+            } else {
+                Duration::from_secs(3600)
+            };
             let first = match rx.recv_timeout(wait) {
                 Ok(op) => op,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
                     self.sync_lazy();
+                    if !self.writable.load(Ordering::Relaxed) {
+                        self.probe();
+                    }
                     continue;
                 }
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => {
@@ -127,6 +140,25 @@ impl Writer {
             if self.commit(batch) {
                 return;
             }
+        }
+    }
+
+    /// While writes fail, checks now and then whether they would work again, without
+    /// waiting for traffic: a pod that is not ready gets none, so readiness must come back
+    /// by itself. Writes zeros (the log's end marker) where the next append would go, as
+    /// much as the failed batch needed, and syncs.
+    fn probe(&mut self) {
+        let len = self.failed_len.max(4096);
+        let zeros = vec![0u8; len];
+        let ok = self.write(&[], self.active_len, false).is_ok()
+            && self
+                .io
+                .write_at(&self.active_file, &zeros, self.active_len)
+                .and_then(|_| self.io.sync(&self.active_file))
+                .is_ok();
+        if ok {
+            self.writable.store(true, Ordering::Relaxed);
+            tracing::info!("store writes work again");
         }
     }
 
@@ -279,6 +311,7 @@ impl Writer {
             Err(e) => {
                 self.metrics.store_errors.inc();
                 self.writable.store(false, Ordering::Relaxed);
+                self.failed_len = buf.len();
                 self.unlogged_errors += 1;
                 if self.last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     tracing::error!(error = %e, failed_commits = self.unlogged_errors, "store write failed; accepts answered 503 until it works again (logged at most once a second)");
