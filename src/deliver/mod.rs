@@ -104,16 +104,16 @@ impl Deliverer {
             let queue = match queues.get(&d.destination) {
                 Some(q) => q.clone(),
                 None => {
-                    let q = Arc::new(DestinationQueue::new(self.inner.queue_cap));
+                    let depth =
+                        self.inner.metrics.queue_depth.get_or_create(&Metrics::named("destination", &d.destination));
+                    let q = Arc::new(DestinationQueue::new(self.inner.queue_cap, depth.clone()));
                     let worker = Worker::new(self.inner.clone(), d.destination.clone(), q.clone());
                     self.inner.tasks.spawn(worker.run());
                     queues.insert(d.destination.clone(), q.clone());
                     q
                 }
             };
-            let name = d.destination.clone();
-            let depth = queue.push(d);
-            self.inner.metrics.queue_depth.get_or_create(&Metrics::named("destination", &name)).set(depth as i64);
+            queue.push(d);
         }
     }
 

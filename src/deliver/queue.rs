@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use crate::queue::{Delivery, SeqSet};
@@ -20,6 +21,8 @@ pub struct DestinationQueue {
     /// Wakes the worker when something arrives.
     pub wake: Notify,
     cap: usize,
+    /// `webhook_relay_queue_depth` for this destination, looked up once.
+    depth: Gauge,
 }
 
 #[derive(Default)]
@@ -44,8 +47,8 @@ impl State {
 }
 
 impl DestinationQueue {
-    pub fn new(cap: usize) -> DestinationQueue {
-        DestinationQueue { state: Mutex::new(State::default()), wake: Notify::new(), cap }
+    pub fn new(cap: usize, depth: Gauge) -> DestinationQueue {
+        DestinationQueue { state: Mutex::new(State::default()), wake: Notify::new(), cap, depth }
     }
 
     pub fn cap(&self) -> usize {
@@ -56,8 +59,8 @@ impl DestinationQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a delivery (or notes that the durable queue holds it); returns the depth.
-    pub fn push(&self, mut d: Delivery) -> usize {
+    /// Adds a delivery (or notes that the durable queue holds it).
+    pub fn push(&self, mut d: Delivery) {
         let depth = {
             let mut st = self.lock();
             if st.held.contains(&d.seq) {
@@ -78,8 +81,8 @@ impl DestinationQueue {
             }
             st.depth()
         };
+        self.depth.set(depth as i64);
         self.wake.notify_one();
-        depth
     }
 
     /// Drops the first `n` (done, rerouted or dead-lettered).
