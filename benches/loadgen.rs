@@ -535,6 +535,8 @@ impl Gateway {
             None => Command::new(BIN),
         };
         webhook_relay::testkit::serve_args(&mut cmd, &dir, port, admin);
+        // Every generator connection comes from 127.0.0.1.
+        cmd.args(["--max-connections-per-ip", "0"]);
         // Its own process group, so stopping it also stops a gateway behind a wrapper
         // (heaptrack does not pass signals on).
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

