@@ -10,6 +10,8 @@ pub mod trust;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use ring::signature::{self, UnparsedPublicKey};
+
 pub use certs::{CertError, CertStore, SigningCert};
 pub use fetch::Fetcher;
 pub use message::{MessageType, SignatureVersion, SnsMessage};
@@ -220,10 +222,11 @@ pub fn verify_signature(msg: &SnsMessage, cert: &SigningCert) -> Result<(), SnsE
     if !cert.valid_at(msg.timestamp) {
         return Err(SnsError::CertNotValidAtTimestamp);
     }
-    let key = match msg.signature_version {
-        SignatureVersion::V1 => &cert.sha1,
-        SignatureVersion::V2 => &cert.sha256,
+    let algorithm: &dyn signature::VerificationAlgorithm = match msg.signature_version {
+        SignatureVersion::V1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+        SignatureVersion::V2 => &signature::RSA_PKCS1_2048_8192_SHA256,
     };
-    key.verify_sig(msg.string_to_sign().as_bytes(), &msg.signature)
+    UnparsedPublicKey::new(algorithm, &cert.public_key)
+        .verify(msg.string_to_sign().as_bytes(), &msg.signature)
         .map_err(|_| SnsError::BadSignature("signature does not match"))
 }
