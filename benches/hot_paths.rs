@@ -145,6 +145,7 @@ fn durable_accept(c: &mut Criterion) {
                                         severity: "warning",
                                         destinations: vec!["a".into()],
                                         dedup: None,
+                                        replay_of: None,
                                     };
                                     webhook_relay::queue::Queue::accept(&store, new).await.unwrap();
                                 }

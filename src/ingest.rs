@@ -138,6 +138,7 @@ impl Gateway {
             severity: &prepared.severity,
             destinations: decision.destinations,
             dedup: Some((key, expires)),
+            replay_of: None,
         };
         let deliveries = match self.queue.accept(new).await? {
             Accepted::Duplicate => {

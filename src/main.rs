@@ -1,5 +1,6 @@
 //! Command line: parse, then hand off to the library. No logic lives here.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,12 +37,8 @@ enum Command {
     Check {
         #[arg(long, env = "WEBHOOK_RELAY_CONFIG", default_value = "routes.toml")]
         config: PathBuf,
-        /// NATS URLs (nats://[user:password@]host:port), comma-separated.
-        #[arg(long, env = "WEBHOOK_RELAY_NATS", value_delimiter = ',')]
-        nats: Vec<String>,
-        /// A NATS credentials file.
-        #[arg(long, env = "WEBHOOK_RELAY_NATS_CREDS")]
-        nats_creds: Option<PathBuf>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Print which routes and destinations a message would go to, sending nothing.
     RouteTest {
@@ -62,13 +59,50 @@ enum Command {
         #[command(subcommand)]
         action: QueueCommand,
     },
-    /// Inspect and re-send what could not be delivered.
+    /// Inspect and re-send what could not be delivered (local files, or the cluster's with
+    /// --nats).
     DeadLetters {
         #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data", global = true)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        nats: NatsArgs,
         #[command(subcommand)]
         action: DeadLetterCommand,
     },
+}
+
+/// Cluster mode: where NATS is and what to call things in it.
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// NATS URLs (nats://[user:password@]host:port), comma-separated. With it `serve` runs in
+    /// cluster mode: the queue, dedup and dead letters live in NATS JetStream, shared by
+    /// every replica, and --data-dir is not used.
+    #[arg(long, env = "WEBHOOK_RELAY_NATS", value_delimiter = ',', global = true)]
+    nats: Vec<String>,
+    /// A NATS credentials file (never printed).
+    #[arg(long, env = "WEBHOOK_RELAY_NATS_CREDS", global = true)]
+    nats_creds: Option<PathBuf>,
+    /// Names the streams and buckets (<prefix>-msgs, <prefix>-seen, ...).
+    #[arg(long, env = "WEBHOOK_RELAY_NATS_PREFIX", default_value = "webhook-relay", global = true)]
+    nats_prefix: String,
+    /// Replicas of the streams and buckets `serve` creates (3 on a 3-node cluster: each
+    /// accept is then held by a quorum before the 200). Existing ones keep theirs.
+    #[arg(long, env = "WEBHOOK_RELAY_NATS_REPLICAS", default_value_t = 1, global = true)]
+    nats_replicas: usize,
+}
+
+impl NatsArgs {
+    fn settings(self) -> Option<webhook_relay::cluster::NatsSettings> {
+        if self.nats.is_empty() {
+            return None;
+        }
+        Some(webhook_relay::cluster::NatsSettings {
+            urls: self.nats,
+            creds: self.nats_creds,
+            prefix: self.nats_prefix,
+            replicas: self.nats_replicas,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -137,6 +171,8 @@ struct Serve {
     /// The durable queue, remembered MessageIds and dead letters.
     #[arg(long, env = "WEBHOOK_RELAY_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Pinned signing certificates, by file name.
     #[arg(long, env = "WEBHOOK_RELAY_SNS_CERT_DIR")]
     sns_cert_dir: Option<PathBuf>,
@@ -208,13 +244,11 @@ fn main() -> ExitCode {
             serve(*s)
         }
         Command::Demo => commands::demo::run(&mut out),
-        Command::Check { config, nats, nats_creds } => {
+        Command::Check { config, nats } => {
             let code = commands::check::run(&config, &mut out);
-            if nats.is_empty() {
-                code
-            } else {
-                let settings = webhook_relay::cluster::NatsSettings { urls: nats, creds: nats_creds };
-                code.max(commands::check::nats(&settings, &mut out))
+            match nats.settings() {
+                None => code,
+                Some(settings) => code.max(commands::check::nats(&settings, &mut out)),
             }
         }
         Command::RouteTest { config, payload, message } => {
@@ -228,14 +262,23 @@ fn main() -> ExitCode {
             };
             commands::queue::run(&data_dir, action, &mut out)
         }
-        Command::DeadLetters { data_dir, action } => {
+        Command::DeadLetters { data_dir, nats, action } => {
             let (action, all) = match action {
                 DeadLetterCommand::List => (Action::List, false),
                 DeadLetterCommand::Show { id } => (Action::Show(id), false),
                 DeadLetterCommand::Replay { ids, all } => (Action::Replay(ids), all),
                 DeadLetterCommand::Purge { ids, all, yes: _ } => (Action::Purge(ids), all),
             };
-            commands::dead_letters::run(&data_dir, action, all, &mut out)
+            match nats.settings() {
+                None => commands::dead_letters::run(&data_dir, action, all, &mut out),
+                Some(settings) => match webhook_relay::cluster::dead_letters::NatsLetters::open(&settings) {
+                    Ok(letters) => commands::dead_letters::run_on(&letters, action, all, &mut out),
+                    Err(e) => {
+                        let _ = writeln!(out, "{e}");
+                        1
+                    }
+                },
+            }
         }
     };
     ExitCode::from(code as u8)
@@ -258,6 +301,7 @@ fn serve(s: Serve) -> i32 {
     settings.outbound.proxy = s.proxy;
     settings.slack_api_url = s.slack_api_url;
     settings.aws_env = webhook_relay::aws::Env::from_process();
+    settings.nats = s.nats.settings();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

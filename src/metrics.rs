@@ -85,6 +85,12 @@ pub struct Metrics {
     pub sns_api_errors: Family<Named, Counter>,
     /// 1, labelled with the proxy's host, when outbound requests go through a proxy.
     pub outbound_proxy: Family<Named, Gauge>,
+    /// Cluster mode: 1 while connected to NATS.
+    pub cluster_connected: Gauge,
+    /// Cluster mode: deliveries pending in JetStream, by destination (the whole cluster's).
+    pub cluster_pending: Family<Named, Gauge>,
+    /// Cluster mode: destination leases this replica holds (it posts for those).
+    pub cluster_leases_held: Gauge,
     /// The standard `process_*` metrics, unprefixed as every Prometheus client names them.
     process: Arc<Process>,
     /// Called before each render, to sample gauges that are cheaper to read than to keep.
@@ -257,6 +263,17 @@ impl Metrics {
             "1 when outbound requests go through a proxy; the label is its host (never credentials)",
             Family::default()
         );
+        let cluster_connected = reg!("cluster_connected", "Cluster mode: 1 while connected to NATS", Gauge::default());
+        let cluster_pending = reg!(
+            "cluster_pending",
+            "Cluster mode: deliveries pending in JetStream for the whole cluster, by destination",
+            Family::default()
+        );
+        let cluster_leases_held = reg!(
+            "cluster_leases_held",
+            "Cluster mode: destination leases this replica holds (it posts for those)",
+            Gauge::default()
+        );
         let build_info: Family<[(&'static str, &'static str); 1], Gauge> =
             reg!("build_info", "Always 1; the version label says which build runs", Family::default());
         build_info.get_or_create(&[("version", env!("CARGO_PKG_VERSION"))]).set(1);
@@ -300,6 +317,9 @@ impl Metrics {
             retry_after_clamped,
             connections_open,
             connections_refused,
+            cluster_connected,
+            cluster_pending,
+            cluster_leases_held,
             process: Arc::new(Process::new()),
             samplers: Arc::new(Mutex::new(Vec::new())),
         }

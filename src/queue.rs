@@ -58,6 +58,9 @@ pub struct NewMessage<'a> {
     /// The MessageId to remember and until when (unix seconds); none for fallbacks and
     /// replays, which reuse a MessageId already known.
     pub dedup: Option<(MessageKey, u64)>,
+    /// The dead letter this replays, if it is one: a shared backend uses it to store a
+    /// replay once even when the taking is repeated.
+    pub replay_of: Option<&'a str>,
 }
 
 /// What [`Queue::accept`] did.
@@ -122,6 +125,9 @@ pub enum QueueError {
     Damaged(u64),
     #[error("cannot encode or decode a record: {0}")]
     Encoding(Arc<serde_json::Error>),
+    /// The shared backend (NATS JetStream) is unreachable, has no quorum or failed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl QueueError {

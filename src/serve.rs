@@ -49,6 +49,8 @@ pub struct Settings {
     /// Test seam: the sinks destinations deliver through (default: Slack webhooks).
     pub sinks: Option<Sinks>,
     pub webhook_timeout: Duration,
+    /// Cluster mode (`--nats`): NATS JetStream instead of the local store in `data_dir`.
+    pub nats: Option<crate::cluster::NatsSettings>,
 }
 
 impl Settings {
@@ -71,6 +73,7 @@ impl Settings {
             sinks: None,
             slack_api_url: "https://slack.com/api/".into(),
             webhook_timeout: Duration::from_secs(10),
+            nats: None,
         }
     }
 }
@@ -119,16 +122,36 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
     let config = Arc::new(ConfigHandle::new(config, settings.config.clone(), metrics.clone()));
     let (trigger, shutdown_rx) = shutdown::channel();
+    let mut nats_queue: Option<Arc<crate::cluster::NatsQueue>> = None;
     let watcher = config::reload::spawn_reloader(config.clone(), shutdown_rx.clone())
         .map_err(|e| tracing::warn!(error = %e, "cannot watch routes file; reload on SIGHUP only"))
         .ok();
 
-    let (store, recovered) = Store::open(&settings.data_dir, settings.max_stored, metrics.clone())
-        .with_context(|| format!("opening store in {}", settings.data_dir.display()))?;
-    for aside in &recovered.corrupt {
-        tracing::error!(copy = %aside.display(), "store damage found at start; a copy of the file was set aside");
-    }
-    let queue: Arc<dyn Queue> = Arc::new(store);
+    let mut recovered_pending = Vec::new();
+    let queue: Arc<dyn Queue> = match &settings.nats {
+        None => {
+            let (store, recovered) = Store::open(&settings.data_dir, settings.max_stored, metrics.clone())
+                .with_context(|| format!("opening store in {}", settings.data_dir.display()))?;
+            for aside in &recovered.corrupt {
+                tracing::error!(copy = %aside.display(), "store damage found at start; a copy of the file was set aside");
+            }
+            recovered_pending = recovered.pending;
+            Arc::new(store)
+        }
+        Some(nats) => {
+            // MessageIds are remembered as long as SNS may still deliver them (max_age from
+            // the Timestamp, plus clock skew), and at least an hour. Fixed when the bucket is
+            // created; see docs/operations.md to change it later.
+            let horizon = config.get().sns.max_age.max(Duration::from_secs(3600)) + Duration::from_secs(600);
+            tracing::info!(nats = %crate::cluster::names_shown(nats), "cluster mode: the queue is NATS JetStream");
+            nats_queue = Some(
+                crate::cluster::NatsQueue::start(nats, horizon, metrics.clone(), shutdown_rx.clone())
+                    .await
+                    .context("connecting to NATS")?,
+            );
+            nats_queue.clone().unwrap()
+        }
+    };
     let outbound = Outbound::new(&settings.outbound)?;
     if let Some(host) = outbound.proxy_host() {
         tracing::info!(proxy = %host, "outbound requests go through a proxy (NO_PROXY exempts hosts)");
@@ -150,9 +173,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         metrics.clone(),
         shutdown_rx.clone(),
         settings.queue_cap.max(1),
+        if nats_queue.is_some() { deliver::Feed::Leased } else { deliver::Feed::Local },
     );
-    tracing::info!(pending = recovered.pending.len(), "resuming pending deliveries");
-    deliver.enqueue(recovered.pending);
+    let leases = nats_queue.as_ref().map(|nats| {
+        crate::cluster::leases::Leases::spawn(
+            nats.clone(),
+            deliver.clone(),
+            config.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        )
+    });
+    if nats_queue.is_none() {
+        tracing::info!(pending = recovered_pending.len(), "resuming pending deliveries");
+        deliver.enqueue(recovered_pending);
+    }
 
     let dev = DevPrefixes::new(&settings.dev_url_prefixes);
     if !dev.is_empty() {
@@ -226,10 +261,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         if !deliver.wait_stopped(left).await {
             tracing::warn!("delivery workers did not stop within the shutdown timeout");
         }
+        if let Some(leases) = leases {
+            // Gives the leases back so other replicas take over at once.
+            let _ = tokio::time::timeout(Duration::from_secs(5), leases).await;
+        }
         queue.close().await;
         drop(watcher);
         admin_stop.trigger();
-        tracing::info!(pending = deliver.pending(), "shut down; pending deliveries stay on disk");
+        tracing::info!(pending = deliver.pending(), "shut down; pending deliveries stay in the queue");
     });
     tracing::info!(%addr, %admin_addr, tls = settings.tls.is_some(), "webhook-relay serving");
     Ok(Running { addr, admin_addr, metrics, trigger, done })

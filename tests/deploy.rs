@@ -113,3 +113,17 @@ fn the_localstack_example_passes_check_as_the_guide_runs_it() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && !text.contains("refused") && text.contains("destinations: local"), "{text}");
 }
+
+#[test]
+fn the_cluster_overlay_runs_three_replicas_without_volumes_on_nats_from_a_secret() {
+    let deployment = read("deploy/kubernetes/overlays/cluster/deployment.yaml");
+    assert!(deployment.contains("kind: Deployment") && deployment.lines().any(|l| l == "  replicas: 3"));
+    assert!(!deployment.contains("volumeClaimTemplates") && !deployment.contains("--data-dir"), "{deployment}");
+    assert!(deployment.contains("name: WEBHOOK_RELAY_NATS") && deployment.contains("secretKeyRef"), "{deployment}");
+    assert!(deployment.contains("--nats-replicas=3"));
+    let kustomization = read("deploy/kubernetes/overlays/cluster/kustomization.yaml");
+    assert!(kustomization.contains("name: webhook-relay-nats") && kustomization.contains("PodDisruptionBudget"));
+    assert!(read("deploy/kubernetes/validate.sh").contains("overlays/cluster"), "validate.sh must cover the overlay");
+    let ops = read("docs/operations.md");
+    assert!(ops.contains("## Cluster mode") && ops.contains("helm install nats nats/nats"));
+}

@@ -9,7 +9,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 k8s_version=${K8S_VERSION:-1.32.0}
-targets=(base overlays/example overlays/pod-tls)
+targets=(base overlays/example overlays/pod-tls overlays/cluster)
 
 command -v kubectl >/dev/null || { echo "validate.sh: kubectl not found (it carries kustomize)"; exit 1; }
 python3 -m kubernetes_validate --version >/dev/null 2>&1 || { echo "validate.sh: kubernetes-validate not found (pip install kubernetes-validate)"; exit 1; }

@@ -1,9 +1,12 @@
-//! `webhook-relay dead-letters list|show|replay|purge`: works on the files in
-//! `<data-dir>/dead-letters/`, whether or not the gateway is running. A replay is picked
-//! up by the running gateway within a second, or by the next one to start.
+//! `webhook-relay dead-letters list|show|replay|purge`: on the files in
+//! `<data-dir>/dead-letters/`, or with `--nats` on the cluster's dead letters in NATS,
+//! whether or not a gateway is running. A replay is picked up by a running gateway within a
+//! second (in cluster mode, by the replica that posts for the destination), or by the next
+//! one to start.
 
 use std::path::Path;
 
+use crate::queue::DeadLetter;
 use crate::store::DeadLetters;
 
 pub enum Action {
@@ -13,8 +16,41 @@ pub enum Action {
     Purge(Vec<String>),
 }
 
+/// Where dead letters are kept, as the command sees it.
+pub trait Letters {
+    /// Where, for "no dead letters in ...".
+    fn place(&self) -> String;
+    fn list(&self) -> Vec<Result<DeadLetter, String>>;
+    fn show(&self, id: &str) -> Result<DeadLetter, String>;
+    /// Moves it to the replay requests; `false` when there is no such dead letter.
+    fn replay(&self, id: &str) -> Result<bool, String>;
+    fn purge(&self, id: &str) -> Result<bool, String>;
+}
+
+impl Letters for DeadLetters {
+    fn place(&self) -> String {
+        self.dir().display().to_string()
+    }
+    fn list(&self) -> Vec<Result<DeadLetter, String>> {
+        DeadLetters::list(self).into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
+    }
+    fn show(&self, id: &str) -> Result<DeadLetter, String> {
+        DeadLetters::show(self, id).map_err(|e| e.to_string())
+    }
+    fn replay(&self, id: &str) -> Result<bool, String> {
+        DeadLetters::replay(self, id).map_err(|e| e.to_string())
+    }
+    fn purge(&self, id: &str) -> Result<bool, String> {
+        DeadLetters::purge(self, id).map_err(|e| e.to_string())
+    }
+}
+
+/// On the local store's files in `data_dir`.
 pub fn run(data_dir: &Path, action: Action, all: bool, out: &mut dyn std::io::Write) -> i32 {
-    let dl = DeadLetters::new(data_dir);
+    run_on(&DeadLetters::new(data_dir), action, all, out)
+}
+
+pub fn run_on(dl: &dyn Letters, action: Action, all: bool, out: &mut dyn std::io::Write) -> i32 {
     let ids = |ids: Vec<String>| -> Vec<String> {
         if all {
             dl.list().into_iter().filter_map(|r| r.ok()).map(|l| l.id).collect()
@@ -26,7 +62,7 @@ pub fn run(data_dir: &Path, action: Action, all: bool, out: &mut dyn std::io::Wr
         Action::List => {
             let letters = dl.list();
             if letters.is_empty() {
-                let _ = writeln!(out, "no dead letters in {}", data_dir.display());
+                let _ = writeln!(out, "no dead letters in {}", dl.place());
             }
             for l in letters {
                 match l {
@@ -64,7 +100,7 @@ pub fn run(data_dir: &Path, action: Action, all: bool, out: &mut dyn std::io::Wr
     }
 }
 
-fn each(ids: Vec<String>, out: &mut dyn std::io::Write, f: impl Fn(&str) -> std::io::Result<bool>, done: &str) -> i32 {
+fn each(ids: Vec<String>, out: &mut dyn std::io::Write, f: impl Fn(&str) -> Result<bool, String>, done: &str) -> i32 {
     let mut code = 0;
     if ids.is_empty() {
         let _ = writeln!(out, "nothing to do (name dead letter ids, or --all)");

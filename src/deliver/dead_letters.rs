@@ -29,7 +29,7 @@ pub async fn write(queue: &dyn Queue, delivery: &Delivery, reason: &str, attempt
 /// Takes dead letters queued for replay back into the queue; returns the new deliveries.
 /// A replay that cannot be stored now (queue full or failing) stays requested and is tried
 /// again on the next call.
-pub async fn take_replays(queue: &dyn Queue, config: &Config) -> Vec<Delivery> {
+pub async fn take_replays(queue: &dyn Queue, config: &Config, owns: &(dyn Fn(&str) -> bool + Sync)) -> Vec<Delivery> {
     let requests = match queue.replay_requests().await {
         Ok(r) => r,
         Err(e) => {
@@ -38,7 +38,7 @@ pub async fn take_replays(queue: &dyn Queue, config: &Config) -> Vec<Delivery> {
         }
     };
     let mut out = Vec::new();
-    for letter in requests {
+    for letter in requests.into_iter().filter(|l| owns(&l.destination)) {
         // Replays bypass dedup (the MessageId is already known). An operator replays
         // after fixing something, so the one-hop fallback rule starts afresh.
         let envelope = Envelope { fallback_from: None, ..letter.envelope };
@@ -51,6 +51,7 @@ pub async fn take_replays(queue: &dyn Queue, config: &Config) -> Vec<Delivery> {
             severity: &severity,
             destinations: vec![letter.destination.clone()],
             dedup: None,
+            replay_of: Some(&letter.id),
         };
         match queue.accept(new).await {
             Ok(Accepted::Stored(deliveries)) => {

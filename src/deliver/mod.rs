@@ -54,6 +54,16 @@ impl Sinks {
     }
 }
 
+/// Where workers get their deliveries from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// From [`Deliverer::enqueue`] at accept, and read back from the local store.
+    Local,
+    /// Cluster mode: only destinations this replica holds the lease of, fed by the lease
+    /// holder from JetStream ([`crate::cluster`]).
+    Leased,
+}
+
 /// Starts and feeds the per-destination workers.
 #[derive(Clone)]
 pub struct Deliverer {
@@ -69,6 +79,7 @@ struct DelivererInner {
     history: AlarmHistory,
     shutdown: Shutdown,
     queue_cap: usize,
+    feed: Feed,
     /// Workers in flight, so shutdown can wait for the current posts to finish.
     tasks: tokio_util::task::TaskTracker,
 }
@@ -81,6 +92,7 @@ impl Deliverer {
         metrics: Metrics,
         shutdown: Shutdown,
         queue_cap: usize,
+        feed: Feed,
     ) -> Deliverer {
         Deliverer {
             inner: Arc::new(DelivererInner {
@@ -92,29 +104,45 @@ impl Deliverer {
                 history: AlarmHistory::default(),
                 shutdown,
                 queue_cap,
+                feed,
                 tasks: tokio_util::task::TaskTracker::new(),
             }),
         }
     }
 
-    /// Hands stored deliveries to their destinations' workers.
+    /// Hands stored deliveries to their destinations' workers. In cluster mode this does
+    /// nothing: each destination's lease holder reads its deliveries from JetStream (see
+    /// [`Deliverer::queue_for`]), whichever replica accepted them.
     pub fn enqueue(&self, deliveries: Vec<Delivery>) {
-        let mut queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
-        for d in deliveries {
-            let queue = match queues.get(&d.destination) {
-                Some(q) => q.clone(),
-                None => {
-                    let depth =
-                        self.inner.metrics.queue_depth.get_or_create(&Metrics::named("destination", &d.destination));
-                    let q = Arc::new(DestinationQueue::new(self.inner.queue_cap, depth.clone()));
-                    let worker = Worker::new(self.inner.clone(), d.destination.clone(), q.clone());
-                    self.inner.tasks.spawn(worker.run());
-                    queues.insert(d.destination.clone(), q.clone());
-                    q
-                }
-            };
-            queue.push(d);
+        if self.inner.feed == Feed::Leased {
+            return;
         }
+        for d in deliveries {
+            self.queue_for(&d.destination).push(d);
+        }
+    }
+
+    /// A destination's in-memory queue, with its worker started on first use. In cluster
+    /// mode the queue starts not owned: nothing is posted until the lease says so.
+    pub fn queue_for(&self, destination: &str) -> Arc<DestinationQueue> {
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = queues.get(destination) {
+            return q.clone();
+        }
+        let depth = self.inner.metrics.queue_depth.get_or_create(&Metrics::named("destination", destination));
+        let q = Arc::new(DestinationQueue::new(self.inner.queue_cap, depth.clone()));
+        if self.inner.feed == Feed::Leased {
+            q.own_until(0);
+        }
+        let worker = Worker::new(self.inner.clone(), destination.to_string(), q.clone());
+        self.inner.tasks.spawn(worker.run());
+        queues.insert(destination.to_string(), q.clone());
+        q
+    }
+
+    /// Deliveries each destination holds in memory at most.
+    pub fn queue_cap(&self) -> usize {
+        self.inner.queue_cap
     }
 
     /// When the oldest delivery still waiting for each destination was accepted (ms since
@@ -138,7 +166,20 @@ impl Deliverer {
         tokio::spawn(async move {
             loop {
                 let config = this.inner.config.get();
-                let replayed = dead_letters::take_replays(this.inner.queue.as_ref(), &config).await;
+                if !this.inner.queue.ready() {
+                    // NATS away or the disk full: said elsewhere; tried again in a second.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.recv() => return,
+                    }
+                }
+                // In cluster mode only a destination's lease holder takes its replays, so two
+                // replicas never take the same one.
+                let owns = |destination: &str| match this.inner.feed {
+                    Feed::Local => true,
+                    Feed::Leased => this.owns(destination),
+                };
+                let replayed = dead_letters::take_replays(this.inner.queue.as_ref(), &config, &owns).await;
                 this.enqueue(replayed);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -146,6 +187,12 @@ impl Deliverer {
                 }
             }
         });
+    }
+
+    /// Whether this replica may post for `destination` now.
+    pub fn owns(&self, destination: &str) -> bool {
+        let queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.get(destination).is_some_and(|q| q.owned())
     }
 
     /// Waits until every worker has stopped (after shutdown) or `timeout` passes.

@@ -4,6 +4,7 @@
 //! Slack outage or a burst is the durable queue's index, not this.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,6 +21,14 @@ pub struct DestinationQueue {
     state: Mutex<State>,
     /// Wakes the worker when something arrives.
     pub wake: Notify,
+    /// Wakes a feeder waiting for room (cluster mode feeds from JetStream up to `cap`).
+    pub room: Notify,
+    /// Until when (ms since the epoch) this replica may post for the destination: always
+    /// for the local store; in cluster mode, while it holds the destination's lease.
+    owned_until_ms: AtomicU64,
+    /// The worker is between deciding to post and having recorded the answer: giving a
+    /// lease up waits for this to clear.
+    sending: AtomicBool,
     cap: usize,
     /// `webhook_relay_queue_depth` for this destination, looked up once.
     depth: Gauge,
@@ -48,7 +57,48 @@ impl State {
 
 impl DestinationQueue {
     pub fn new(cap: usize, depth: Gauge) -> DestinationQueue {
-        DestinationQueue { state: Mutex::new(State::default()), wake: Notify::new(), cap, depth }
+        DestinationQueue {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            room: Notify::new(),
+            owned_until_ms: AtomicU64::new(u64::MAX),
+            sending: AtomicBool::new(false),
+            cap,
+            depth,
+        }
+    }
+
+    /// Whether this replica may post for the destination now.
+    pub fn owned(&self) -> bool {
+        super::now_ms() < self.owned_until_ms.load(Ordering::SeqCst)
+    }
+
+    pub fn sending(&self) -> bool {
+        self.sending.load(Ordering::SeqCst)
+    }
+
+    pub fn set_sending(&self, on: bool) {
+        self.sending.store(on, Ordering::SeqCst);
+    }
+
+    /// Cluster mode: posting is allowed until `until_ms` (0: not at all).
+    pub fn own_until(&self, until_ms: u64) {
+        self.owned_until_ms.store(until_ms, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Forgets everything held in memory (the lease moved: the deliveries stay in the
+    /// durable queue for whoever holds it).
+    pub fn clear(&self) {
+        {
+            let mut st = self.lock();
+            st.items.clear();
+            st.held.clear();
+            st.spilled = false;
+            st.spilled_count = 0;
+        }
+        self.depth.set(0);
+        self.room.notify_waiters();
     }
 
     pub fn cap(&self) -> usize {
@@ -85,13 +135,20 @@ impl DestinationQueue {
         self.wake.notify_one();
     }
 
-    /// Drops the first `n` (done, rerouted or dead-lettered).
-    pub fn pop(&self, n: usize) {
-        let mut st = self.lock();
-        for _ in 0..n {
-            if let Some(d) = st.items.pop_front() {
+    /// Drops the deliveries of a batch (done, rerouted or dead-lettered). By seq, not by
+    /// count: in cluster mode the queue may have been cleared and refilled meanwhile.
+    pub fn pop(&self, batch: &[Delivery]) {
+        {
+            let mut st = self.lock();
+            for d in batch {
+                if st.items.front().is_some_and(|f| f.seq == d.seq) {
+                    st.items.pop_front();
+                } else if st.held.contains(&d.seq) {
+                    st.items.retain(|i| i.seq != d.seq);
+                }
                 st.held.remove(&d.seq);
             }
         }
+        self.room.notify_waiters();
     }
 }

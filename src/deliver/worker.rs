@@ -109,6 +109,13 @@ impl Worker {
                     _ = shutdown.recv() => return,
                 }
             };
+            if !self.queue.owned() {
+                // Cluster mode: this replica's lease on the destination ended; the holder
+                // reads these deliveries from JetStream and sends them.
+                self.queue.clear();
+                attempts = 0;
+                continue;
+            }
             let config = self.d.config.get();
             let Some(dest) = config.destinations.get(&self.name).cloned() else {
                 // Removed from routes.toml while deliveries were pending: keep them replayable.
@@ -119,17 +126,28 @@ impl Worker {
             if shutdown.is_shutdown() {
                 return;
             }
+            // Marked before the ownership check, and a lease is marked not owned before its
+            // release waits for this to clear: no post starts after a lease is given up.
+            self.queue.set_sending(true);
+            if !self.queue.owned() {
+                self.queue.set_sending(false);
+                self.queue.clear();
+                attempts = 0;
+                continue;
+            }
             let batch = self.take_batch(head, waited || attempts > 0);
             let items = self.items(&batch, &config).await;
             if items.is_empty() {
                 // Finished elsewhere meanwhile: nothing left to send.
-                self.queue.pop(batch.len());
+                self.queue.set_sending(false);
+                self.queue.pop(&batch);
                 continue;
             }
             let sink = self.d.sinks.for_destination(&dest);
             let answer = sink.send(&dest, &items).await;
             self.handles.outcome(&self.d.metrics, &self.name, answer.outcome);
             attempts = self.act(&dest, &batch, &items, answer, attempts, &mut shutdown).await;
+            self.queue.set_sending(false);
             self.handles.queue_depth.set(self.queue.lock().depth() as i64);
         }
     }
@@ -157,7 +175,7 @@ impl Worker {
                     self.handles.delivery_seconds.observe(now.saturating_sub(del.accepted_at_ms) as f64 / 1000.0);
                     self.finish(del).await;
                 }
-                self.queue.pop(batch.len());
+                self.queue.pop(batch);
                 0
             }
             Verdict::Refused if batch.len() > 1 => {
@@ -218,6 +236,8 @@ impl Worker {
     }
 
     async fn sleep(&self, d: Duration, shutdown: &mut Shutdown) {
+        // Waiting is not sending: a lease may be given up meanwhile.
+        self.queue.set_sending(false);
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
             _ = shutdown.recv() => {}
@@ -328,7 +348,7 @@ impl Worker {
                 tracing::error!(destination = %self.name, seq = del.seq, error = %e, "cannot write dead letter; delivery stays pending");
             }
         }
-        self.queue.pop(batch.len());
+        self.queue.pop(batch);
     }
 
     /// Sends a gone destination's deliveries to its fallback, one hop at most: a delivery
@@ -354,6 +374,7 @@ impl Worker {
                 severity: &severity,
                 destinations: vec![fallback.to_string()],
                 dedup: None,
+                replay_of: None,
             };
             match self.d.queue.accept(new).await {
                 Ok(Accepted::Stored(deliveries)) => {
@@ -370,6 +391,6 @@ impl Worker {
                 }
             }
         }
-        self.queue.pop(batch.len());
+        self.queue.pop(batch);
     }
 }

@@ -30,6 +30,11 @@ impl DeadLetters {
         DeadLetters { dead_dir: data_dir.join("dead-letters"), replay_dir: data_dir.join("replay") }
     }
 
+    /// The data directory these live in.
+    pub fn dir(&self) -> &Path {
+        self.dead_dir.parent().unwrap_or(&self.dead_dir)
+    }
+
     fn file(dir: &Path, id: &str) -> Option<PathBuf> {
         // Ids come from the command line for show/replay/purge: keep them to one file name.
         if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {

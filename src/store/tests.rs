@@ -245,7 +245,13 @@ async fn the_severity_decided_at_accept_is_read_back_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
     let env = envelope("sev");
-    let new = NewMessage { envelope: &env, severity: "critical", destinations: vec!["a".into()], dedup: None };
+    let new = NewMessage {
+        envelope: &env,
+        severity: "critical",
+        destinations: vec!["a".into()],
+        dedup: None,
+        replay_of: None,
+    };
     let Accepted::Stored(d) = Queue::accept(&store, new).await.unwrap() else { panic!("not stored") };
     store.close_now().await;
     drop(store);
@@ -254,14 +260,24 @@ async fn the_severity_decided_at_accept_is_read_back_after_a_reopen() {
     assert_eq!(store.read(d[0].seq).unwrap().unwrap().severity.as_deref(), Some("critical"));
     // A MessageId accepted through the trait is a duplicate after the reopen too.
     let key = MessageKey::of("dup");
-    let new =
-        NewMessage { envelope: &env, severity: "info", destinations: vec!["a".into()], dedup: Some((key, u64::MAX)) };
+    let new = NewMessage {
+        envelope: &env,
+        severity: "info",
+        destinations: vec!["a".into()],
+        dedup: Some((key, u64::MAX)),
+        replay_of: None,
+    };
     assert!(matches!(Queue::accept(&store, new).await.unwrap(), Accepted::Stored(_)));
     store.close_now().await;
     drop(store);
     let (store, _) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
-    let new =
-        NewMessage { envelope: &env, severity: "info", destinations: vec!["a".into()], dedup: Some((key, u64::MAX)) };
+    let new = NewMessage {
+        envelope: &env,
+        severity: "info",
+        destinations: vec!["a".into()],
+        dedup: Some((key, u64::MAX)),
+        replay_of: None,
+    };
     assert!(matches!(Queue::accept(&store, new).await.unwrap(), Accepted::Duplicate));
     store.close_now().await;
 }

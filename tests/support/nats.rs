@@ -29,11 +29,22 @@ pub fn binary() -> Option<PathBuf> {
 pub struct Node {
     child: Option<Child>,
     pub port: u16,
+    /// How it was started, to start it again (same ports, same storage).
+    bin: PathBuf,
+    args: Vec<String>,
 }
 
 impl Node {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts a killed node again with its storage (a restart after a crash).
+    pub fn restart(&mut self) {
+        self.kill();
+        let child =
+            Command::new(&self.bin).args(&self.args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        self.child = Some(child);
     }
 
     /// kill -9.
@@ -66,23 +77,24 @@ impl Nats {
         let mut nodes = Vec::new();
         for i in 0..n {
             let p = port();
-            let mut cmd = Command::new(bin);
-            cmd.args(["-a", "127.0.0.1", "-p", &p.to_string(), "-js", "-n", &format!("node-{i}")])
-                .arg("-sd")
-                .arg(dir.path().join(format!("js-{i}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+            let mut args: Vec<String> = ["-a", "127.0.0.1", "-p", &p.to_string(), "-js", "-n", &format!("node-{i}")]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.push("-sd".into());
+            args.push(dir.path().join(format!("js-{i}")).to_string_lossy().into_owned());
             if n > 1 {
-                cmd.args([
-                    "--cluster_name",
-                    "webhook-relay-test",
-                    "--cluster",
-                    &route_urls[i],
-                    "--routes",
-                    &route_urls.join(","),
+                args.extend([
+                    "--cluster_name".to_string(),
+                    "webhook-relay-test".to_string(),
+                    "--cluster".to_string(),
+                    route_urls[i].clone(),
+                    "--routes".to_string(),
+                    route_urls.join(","),
                 ]);
             }
-            nodes.push(Node { child: Some(cmd.spawn().unwrap()), port: p });
+            let child = Command::new(bin).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            nodes.push(Node { child: Some(child), port: p, bin: bin.clone(), args });
         }
         let nats = Nats { nodes, _dir: dir };
         nats.wait_jetstream(Duration::from_secs(30)).await;
@@ -93,18 +105,14 @@ impl Nats {
     pub fn single(bin: &PathBuf, args: &[&str]) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let p = port();
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &p.to_string()])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let args: Vec<String> =
+            ["-a", "127.0.0.1", "-p", &p.to_string()].iter().chain(args.iter()).map(|s| s.to_string()).collect();
+        let child = Command::new(bin).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nats { nodes: vec![Node { child: Some(child), port: p }], _dir: dir }
+        Nats { nodes: vec![Node { child: Some(child), port: p, bin: bin.clone(), args }], _dir: dir }
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -114,7 +122,7 @@ impl Nats {
     /// Until JetStream answers at `url` (one with credentials, say).
     pub async fn wait_jetstream_with(&self, url: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
-        let settings = webhook_relay::cluster::NatsSettings { urls: vec![url.to_string()], creds: None };
+        let settings = webhook_relay::cluster::NatsSettings { urls: vec![url.to_string()], ..Default::default() };
         while let Err(e) = webhook_relay::cluster::check(&settings).await {
             assert!(Instant::now() < deadline, "NATS not ready: {e}");
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -126,7 +134,7 @@ impl Nats {
         let deadline = Instant::now() + timeout;
         for node in &self.nodes {
             loop {
-                let settings = webhook_relay::cluster::NatsSettings { urls: vec![node.url()], creds: None };
+                let settings = webhook_relay::cluster::NatsSettings { urls: vec![node.url()], ..Default::default() };
                 match webhook_relay::cluster::check(&settings).await {
                     Ok(_) => break,
                     Err(e) if Instant::now() > deadline => panic!("NATS cluster not ready: {e}"),
