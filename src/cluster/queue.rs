@@ -160,12 +160,15 @@ impl NatsQueue {
                     tracing::info!(nats = %shown, "NATS JetStream is available; accepting and delivering")
                 }
                 // Streams being created or electing leaders at start: a warning, for a while.
-                Err(e) if !ever_healthy && started.elapsed() < Duration::from_secs(30) => {
-                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        last_error_log = Some(Instant::now());
-                        tracing::warn!(nats = %shown, error = %e, "waiting for NATS JetStream; not ready until it answers");
-                    }
+                Err(e)
+                    if !ever_healthy
+                        && started.elapsed() < Duration::from_secs(30)
+                        && last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) =>
+                {
+                    last_error_log = Some(Instant::now());
+                    tracing::warn!(nats = %shown, error = %e, "waiting for NATS JetStream; not ready until it answers");
                 }
+                Err(_) if !ever_healthy && started.elapsed() < Duration::from_secs(30) => {}
                 Err(e) if was || last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) => {
                     last_error_log = Some(Instant::now());
                     tracing::error!(nats = %shown, error = %e, "NATS JetStream unavailable: /sns and /readyz answer 503 and delivery pauses until it is back");
