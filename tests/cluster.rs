@@ -38,6 +38,10 @@ struct Replica {
 
 impl Replica {
     fn start(nats: &Nats, routes: &str) -> Replica {
+        Replica::start_with(nats, routes, &[])
+    }
+
+    fn start_with(nats: &Nats, routes: &str, extra: &[&str]) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("routes.toml"), routes).unwrap();
         signer().pin_into(&dir.path().join("certs")).unwrap();
@@ -47,6 +51,7 @@ impl Replica {
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         cmd.args(["--nats", &nats.urls().join(","), "--nats-replicas", &nats.nodes.len().min(3).to_string()])
             .args(["--shutdown-timeout", "5s"])
+            .args(extra)
             .env("RUST_LOG", "info,webhook_relay=debug")
             .stderr(log);
         let child = cmd.spawn().unwrap();
@@ -325,8 +330,9 @@ async fn killing_a_nats_node_mid_stream_loses_no_accepted_alarm() {
         "{after_kill} accepted in 30 s with two of three nodes up, {refused} refused; log:\n{}",
         replicas[0].log()
     );
+    let waiting = Instant::now();
     let done = sink
-        .wait_until(Duration::from_secs(30), |_| {
+        .wait_until(Duration::from_secs(90), |_| {
             let counts = name_counts(&sink, "ops", "prod-node");
             accepted.iter().all(|n| counts.contains_key(n))
         })
@@ -338,7 +344,8 @@ async fn killing_a_nats_node_mid_stream_loses_no_accepted_alarm() {
         .map(|r| r.log().lines().filter(|l| !l.contains("notification accepted")).collect::<Vec<_>>().join("\n"))
         .collect::<Vec<_>>()
         .join("\n-----\n");
-    assert!(done, "accepted but never delivered: {missing:?}; logs:\n{logs}");
+    eprintln!("all delivered {:?} after the stream ended", waiting.elapsed());
+    assert!(done, "accepted but never delivered: {missing:?}; logs:\n{logs}\nNATS:\n{}", nats.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -485,6 +492,50 @@ async fn replicas_starting_together_create_the_streams_once_and_a_graceful_stop_
         assert!(errors.is_empty(), "{errors:#?}");
     }
     drop(replicas.remove(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alarms_slack_thread_is_shared_so_a_replica_taking_over_replies_in_it() {
+    let Some(bin) = binary() else { return };
+    let _slot = slot().await;
+    let nats = Nats::cluster(&bin, 3).await;
+    let sink = SlackSink::start().await.unwrap();
+    let routes = r#"
+[sns]
+topics = ["arn:aws:sns:*:123456789012:alarms-*"]
+[destinations.app]
+token = "xoxb-cluster-test"
+channel = "C0APP"
+lifecycle = "thread"
+[[route]]
+name = "all"
+to = ["app"]
+"#;
+    let api = sink.api_url();
+    let mut first = Replica::start_with(&nats, routes, &["--slack-api-url", &api]);
+    first.wait_ready(Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.metric("webhook_relay_cluster_leases_held").await != Some(1.0) {
+        assert!(Instant::now() < deadline, "no lease taken; log:\n{}", first.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = Replica::start_with(&nats, routes, &["--slack-api-url", &api]);
+    second.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(first.post(&alarm(signer(), "thread-1", "prod-db-cpu", "ALARM")).await, 200);
+    assert!(sink.wait_until(Duration::from_secs(10), |_| sink.delivered("C0APP").len() == 1).await);
+    let first_ts = sink.delivered("C0APP")[0].ts.clone().unwrap();
+    // Past the post's finish (a kill before it may repeat the post: at least once).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.kill();
+    // The OK lands on the other replica, which takes the destination over and finds the
+    // thread in NATS.
+    assert_eq!(second.post(&alarm(signer(), "thread-2", "prod-db-cpu", "OK")).await, 200);
+    let replied = sink.wait_until(Duration::from_secs(30), |_| sink.delivered("C0APP").len() == 2).await;
+    assert!(replied, "no reply after the takeover; log:\n{}", second.log());
+    let reply = &sink.delivered("C0APP")[1];
+    assert_eq!(reply.method, "chat.postMessage");
+    assert_eq!(reply.body["thread_ts"].as_str(), Some(first_ts.as_str()), "{:?}", reply.body);
+    assert!(!second.log().contains("xoxb-cluster-test"), "the token in a log");
 }
 
 #[test]

@@ -93,7 +93,8 @@ impl Nats {
                     route_urls.join(","),
                 ]);
             }
-            let child = Command::new(bin).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            let log = std::fs::File::create(dir.path().join(format!("node-{i}.log"))).unwrap();
+            let child = Command::new(bin).args(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
             nodes.push(Node { child: Some(child), port: p, bin: bin.clone(), args });
         }
         let nats = Nats { nodes, _dir: dir };
@@ -113,6 +114,16 @@ impl Nats {
             std::thread::sleep(Duration::from_millis(20));
         }
         Nats { nodes: vec![Node { child: Some(child), port: p, bin: bin.clone(), args }], _dir: dir }
+    }
+
+    /// The servers' logs (cluster nodes only), for a failing test to show.
+    pub fn logs(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| {
+                let text = std::fs::read_to_string(self._dir.path().join(format!("node-{i}.log"))).unwrap_or_default();
+                format!("--- node-{i}\n{text}")
+            })
+            .collect()
     }
 
     pub fn urls(&self) -> Vec<String> {
