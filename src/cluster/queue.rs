@@ -1,6 +1,6 @@
 //! [`NatsQueue`]: the [`Queue`] on JetStream. One stream message per pending delivery, on
 //! the destination's subject, so a destination's lease holder reads exactly its own work
-//! in accept order and deletes each message when the delivery is done.
+//! in accept order, and purges what is done (see [`NatsQueue::flush_finished`]).
 //!
 //! Accept, and why in this order:
 //! 1. the MessageId in the `seen` bucket: a duplicate, answered at once;
@@ -70,6 +70,9 @@ pub struct NatsQueue {
     remembered: AtomicUsize,
     closed: AtomicBool,
     metrics: Metrics,
+    /// Per destination, the highest seq finished and not yet purged from the stream.
+    finished: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    finish_wake: tokio::sync::Notify,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> QueueError {
@@ -103,7 +106,10 @@ impl NatsQueue {
             remembered: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             metrics,
+            finished: Default::default(),
+            finish_wake: tokio::sync::Notify::new(),
         });
+        tokio::spawn(queue.clone().purge_finished(shutdown.clone()));
         tokio::spawn(queue.clone().watch(shutdown, super::shown(&settings.urls)));
         Ok(queue)
     }
@@ -238,6 +244,43 @@ impl NatsQueue {
         Ok(Parts { msgs, seen, leases, members, threads, dead, replay })
     }
 
+    /// Removes finished deliveries from the stream: one purge per destination of everything
+    /// up to its highest finished seq. A destination's deliveries finish in stream order
+    /// (its one poster sends them in order), so "up to" is exact, and a burst of finishes
+    /// costs one request, not one each. A purge that fails is retried on the next round;
+    /// until it lands, a new lease holder may post those again (at least once, never lost).
+    pub async fn flush_finished(&self) {
+        let Some(parts) = self.parts.get() else { return };
+        let pending: Vec<(String, u64)> =
+            self.finished.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(d, s)| (d.clone(), *s)).collect();
+        for (dest, seq) in pending {
+            match parts.msgs.purge().filter(self.names.subject(&dest)).sequence(seq + 1).await {
+                Ok(_) => {
+                    let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+                    if finished.get(&dest) == Some(&seq) {
+                        finished.remove(&dest);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %dest, seq, error = %e, "cannot remove delivered messages from the stream yet; retrying");
+                }
+            }
+        }
+    }
+
+    async fn purge_finished(self: Arc<NatsQueue>, mut shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = self.finish_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.recv() => return,
+            }
+            // Lets a digest's finishes gather into one purge.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.flush_finished().await;
+        }
+    }
+
     async fn bucket(&self, what: &str, max_age: Duration, description: &str) -> Result<kv::Store, String> {
         let name = self.names.bucket(what);
         if let Ok(store) = self.js.get_key_value(&name).await {
@@ -322,31 +365,16 @@ impl Queue for NatsQueue {
         Ok(Accepted::Stored(deliveries))
     }
 
-    /// Deletes the delivery's message. Retried while NATS is away (delivery pauses with
-    /// it): a delivery left in the stream would be posted again by the next lease holder.
+    /// Noted at once; the stream forgets the message (and every earlier one of the same
+    /// destination) within a moment: see [`NatsQueue::flush_finished`].
     async fn finish(&self, destination: &str, seq: u64) -> Result<(), QueueError> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let err = match self.parts.get() {
-                None => "streams not set up".to_string(),
-                Some(parts) => match parts.msgs.delete_message(seq).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) => {
-                        let text = e.to_string();
-                        // Gone already (a repeated finish): nothing left to do.
-                        if text.contains("no message found") || text.contains("10037") {
-                            return Ok(());
-                        }
-                        text
-                    }
-                },
-            };
-            if Instant::now() > deadline || self.closed.load(Ordering::SeqCst) {
-                return Err(QueueError::Unavailable(format!("NATS: finishing {destination} #{seq}: {err}")));
-            }
-            tracing::warn!(destination, seq, error = %err, "cannot delete a delivered message from the stream yet; retrying");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        {
+            let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+            let high = finished.entry(destination.to_string()).or_insert(0);
+            *high = (*high).max(seq);
         }
+        self.finish_wake.notify_one();
+        Ok(())
     }
 
     async fn load(&self, seq: u64) -> Result<Option<StoredMessage>, QueueError> {
@@ -363,7 +391,9 @@ impl Queue for NatsQueue {
         Ok(Vec::new())
     }
 
-    async fn flush(&self) {}
+    async fn flush(&self) {
+        self.flush_finished().await;
+    }
 
     async fn put_dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
         let parts = self.usable()?;
@@ -410,6 +440,7 @@ impl Queue for NatsQueue {
     }
 
     async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.flush_finished()).await;
         self.closed.store(true, Ordering::SeqCst);
         let _ = self.client.flush().await;
     }
