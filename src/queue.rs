@@ -1,8 +1,8 @@
 //! The queue seam: everything the door ([`crate::ingest`]) and the delivery workers
 //! ([`crate::deliver`]) need from durable storage, as one trait. The local log in
-//! [`crate::store`] is the first implementation; a networked backend (NATS JetStream) is
-//! meant to be the second, so every method is asynchronous and fallible, and nothing here
-//! assumes a local file or a single process:
+//! [`crate::store`] is one implementation; NATS JetStream ([`crate::cluster::NatsQueue`],
+//! cluster mode) is the other, so every method is asynchronous and fallible, and nothing
+//! here assumes a local file or a single process:
 //!
 //! - [`Queue::accept`] is the promise behind a 200: it returns only once the message is
 //!   durable, and it is also where a MessageId seen before is reported as a duplicate (the
