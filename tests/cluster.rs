@@ -538,6 +538,42 @@ to = ["app"]
     assert!(!second.log().contains("xoxb-cluster-test"), "the token in a log");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_credentials_in_the_url_are_used_and_never_printed() {
+    let Some(bin) = binary() else { return };
+    let _slot = slot().await;
+    let store = tempfile::tempdir().unwrap();
+    let nats =
+        Nats::single(&bin, &["-js", "-sd", store.path().to_str().unwrap(), "--user", "relay", "--pass", "s3cret-pw"]);
+    let port = nats.nodes[0].port;
+    nats.wait_jetstream_with(&format!("nats://relay:s3cret-pw@127.0.0.1:{port}")).await;
+    let sink = SlackSink::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), one_destination(&sink, "50/s", 50)).unwrap();
+    signer().pin_into(&dir.path().join("certs")).unwrap();
+    let (http, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), http, admin);
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    cmd.env("WEBHOOK_RELAY_NATS", format!("nats://relay:s3cret-pw@127.0.0.1:{port}"))
+        .env("RUST_LOG", "debug")
+        .stderr(log);
+    let replica = Replica {
+        child: Some(cmd.spawn().unwrap()),
+        addr: ([127, 0, 0, 1], http).into(),
+        admin: ([127, 0, 0, 1], admin).into(),
+        dir,
+    };
+    replica.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(replica.post(&alarm(signer(), "creds-1", "prod-creds1", "ALARM")).await, 200);
+    assert!(sink.wait_until(Duration::from_secs(10), |_| sink.delivered("ops").len() == 1).await);
+    let metrics = reqwest_like::Client.get(replica.admin, "/metrics").await.1;
+    assert!(metrics.contains("webhook_relay_cluster_connected 1"), "{metrics}");
+    let log = replica.log();
+    assert!(log.contains(&format!("127.0.0.1:{port}")), "the server is named");
+    assert!(!log.contains("s3cret-pw") && !metrics.contains("s3cret-pw"), "a NATS password in the output");
+}
+
 #[test]
 fn serve_help_documents_the_cluster_flags() {
     let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
