@@ -144,12 +144,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             // created; see docs/operations.md to change it later.
             let horizon = config.get().sns.max_age.max(Duration::from_secs(3600)) + Duration::from_secs(600);
             tracing::info!(nats = %crate::cluster::names_shown(nats), "cluster mode: the queue is NATS JetStream");
-            nats_queue = Some(
-                crate::cluster::NatsQueue::start(nats, horizon, metrics.clone(), shutdown_rx.clone())
-                    .await
-                    .context("connecting to NATS")?,
-            );
-            nats_queue.clone().unwrap()
+            let queue = crate::cluster::NatsQueue::start(nats, horizon, metrics.clone(), shutdown_rx.clone())
+                .await
+                .context("connecting to NATS")?;
+            nats_queue = Some(queue.clone());
+            queue
         }
     };
     let outbound = Outbound::new(&settings.outbound)?;

@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -475,23 +474,20 @@ async fn replicas_starting_together_create_the_streams_once_and_a_graceful_stop_
     assert_eq!(other.post(&alarm(signer(), "handover-1", "prod-handover1", "ALARM")).await, 200);
     let delivered =
         sink.wait_until(Duration::from_secs(10), |_| name_counts(&sink, "ops", "prod-handover").len() == 1).await;
-    assert!(delivered && stopped.elapsed() < Duration::from_secs(8), "handover took {:?}", stopped.elapsed());
+    // Well before the 15 s a lease takes to expire: it was given back.
+    assert!(
+        delivered && stopped.elapsed() < Duration::from_secs(12),
+        "handover took {:?}; log:\n{}",
+        stopped.elapsed(),
+        other.log()
+    );
     let starts = replicas.iter().filter(|r| r.log().contains("JetStream streams and buckets ready")).count();
     assert!(starts >= 2, "every replica sets up (idempotently)");
     for r in &replicas {
-        let errors: Vec<&str> = r
-            .log()
-            .lines()
-            .filter(|l| l.contains("ERROR"))
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-            .leak()
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let log = r.log();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
         assert!(errors.is_empty(), "{errors:#?}");
     }
-    drop(replicas.remove(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -581,5 +577,4 @@ fn serve_help_documents_the_cluster_flags() {
     for flag in ["--nats ", "--nats-creds", "--nats-prefix", "--nats-replicas"] {
         assert!(text.contains(flag), "{flag} missing from serve --help");
     }
-    let _ = Path::new("");
 }
