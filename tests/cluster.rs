@@ -570,6 +570,53 @@ async fn nats_credentials_in_the_url_are_used_and_never_printed() {
     assert!(!log.contains("s3cret-pw") && !metrics.contains("s3cret-pw"), "a NATS password in the output");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gone_destinations_alarms_reach_its_fallback_through_whichever_replica_posts_for_it() {
+    let Some(bin) = binary() else { return };
+    let _slot = slot().await;
+    let nats = Nats::cluster(&bin, 3).await;
+    let sink = SlackSink::start().await.unwrap();
+    let routes = format!(
+        r#"
+[sns]
+topics = ["arn:aws:sns:*:123456789012:alarms-*"]
+[destinations.main]
+url = "{main}"
+fallback = "backup"
+[destinations.backup]
+url = "{backup}"
+[[route]]
+name = "all"
+to = ["main"]
+"#,
+        main = sink.url("main"),
+        backup = sink.url("backup")
+    );
+    let replicas = [Replica::start(&nats, &routes), Replica::start(&nats, &routes)];
+    for r in &replicas {
+        r.wait_ready(Duration::from_secs(30)).await;
+    }
+    sink.script("main", vec![Reply::Status(404, "no_service"); 100]);
+    for i in 0..4 {
+        assert_eq!(
+            replicas[i % 2].post(&alarm(signer(), &format!("fb-{i}"), &format!("prod-fb{i}"), "ALARM")).await,
+            200
+        );
+    }
+    let all = sink.wait_until(Duration::from_secs(20), |_| name_counts(&sink, "backup", "prod-fb").len() == 4).await;
+    assert!(
+        all,
+        "fallback got {:?}; logs:\n{}\n{}",
+        name_counts(&sink, "backup", "prod-fb"),
+        replicas[0].log(),
+        replicas[1].log()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = name_counts(&sink, "backup", "prod-fb");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert!(sink.delivered("main").is_empty());
+}
+
 #[test]
 fn serve_help_documents_the_cluster_flags() {
     let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
