@@ -41,6 +41,14 @@ impl Replica {
     }
 
     fn start_with(nats: &Nats, routes: &str, extra: &[&str]) -> Replica {
+        let replicas = nats.nodes.len().min(3).to_string();
+        let mut args = vec!["--nats-replicas", &replicas];
+        args.extend_from_slice(extra);
+        Replica::launch(routes, &args, &[("WEBHOOK_RELAY_NATS", &nats.urls().join(","))])
+    }
+
+    /// `serve` with `routes`, these flags and environment; its log in `<dir>/log`.
+    fn launch(routes: &str, args: &[&str], env: &[(&str, &str)]) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("routes.toml"), routes).unwrap();
         signer().pin_into(&dir.path().join("certs")).unwrap();
@@ -48,9 +56,9 @@ impl Replica {
         let mut cmd = Command::new(BIN);
         webhook_relay::testkit::serve_args(&mut cmd, dir.path(), port, admin);
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        cmd.args(["--nats", &nats.urls().join(","), "--nats-replicas", &nats.nodes.len().min(3).to_string()])
-            .args(["--shutdown-timeout", "5s"])
-            .args(extra)
+        cmd.args(["--shutdown-timeout", "5s"])
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,webhook_relay=debug")
             .stderr(log);
         let child = cmd.spawn().unwrap();
@@ -544,22 +552,8 @@ async fn nats_credentials_in_the_url_are_used_and_never_printed() {
     let port = nats.nodes[0].port;
     nats.wait_jetstream_with(&format!("nats://relay:s3cret-pw@127.0.0.1:{port}")).await;
     let sink = SlackSink::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("routes.toml"), one_destination(&sink, "50/s", 50)).unwrap();
-    signer().pin_into(&dir.path().join("certs")).unwrap();
-    let (http, admin) = (free_port(), free_port());
-    let mut cmd = Command::new(BIN);
-    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), http, admin);
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    cmd.env("WEBHOOK_RELAY_NATS", format!("nats://relay:s3cret-pw@127.0.0.1:{port}"))
-        .env("RUST_LOG", "debug")
-        .stderr(log);
-    let replica = Replica {
-        child: Some(cmd.spawn().unwrap()),
-        addr: ([127, 0, 0, 1], http).into(),
-        admin: ([127, 0, 0, 1], admin).into(),
-        dir,
-    };
+    let url = format!("nats://relay:s3cret-pw@127.0.0.1:{port}");
+    let replica = Replica::launch(&one_destination(&sink, "50/s", 50), &[], &[("WEBHOOK_RELAY_NATS", &url)]);
     replica.wait_ready(Duration::from_secs(30)).await;
     assert_eq!(replica.post(&alarm(signer(), "creds-1", "prod-creds1", "ALARM")).await, 200);
     assert!(sink.wait_until(Duration::from_secs(10), |_| sink.delivered("ops").len() == 1).await);
