@@ -14,22 +14,34 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn serve(dir: &Path, port: u16, admin: u16) -> Child {
+/// `serve` on the layout in `dir`, on ports it picks; returns it with its port and admin port.
+fn serve(dir: &Path) -> (Child, u16, u16) {
     let mut cmd = Command::new(BIN);
-    webhook_relay::testkit::serve_args(&mut cmd, dir, port, admin);
-    cmd.args(["--shutdown-timeout", "5s"]).spawn().unwrap()
+    webhook_relay::testkit::serve_args(&mut cmd, dir, 0, 0);
+    let log = dir.join("serve.log");
+    let mut child =
+        cmd.args(["--shutdown-timeout", "5s"]).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let (port, admin) = bound(&mut child, &log);
+    (child, port, admin)
 }
 
-/// `serve` on `routes`, its stderr to `<dir>/log`; the caller adds flags and env, then spawns.
-fn logged_serve(dir: &Path, routes: &str) -> (Command, u16, u16) {
+/// The ports a gateway started on port 0 bound, from its log.
+fn bound(child: &mut Child, log: &Path) -> (u16, u16) {
+    let (addr, admin) =
+        webhook_relay::testkit::bound_addrs(log, child, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    (addr.port(), admin.port())
+}
+
+/// `serve` on `routes`, its stderr to `<dir>/log`; the caller adds flags and env, spawns,
+/// and reads the ports with `bound`.
+fn logged_serve(dir: &Path, routes: &str) -> Command {
     std::fs::write(dir.join("routes.toml"), routes).unwrap();
     signer().pin_into(&dir.join("certs")).unwrap();
     let log = std::fs::File::create(dir.join("log")).unwrap();
-    let (port, admin) = (free_port(), free_port());
     let mut cmd = Command::new(BIN);
-    webhook_relay::testkit::serve_args(&mut cmd, dir, port, admin);
+    webhook_relay::testkit::serve_args(&mut cmd, dir, 0, 0);
     cmd.stderr(log);
-    (cmd, port, admin)
+    cmd
 }
 
 async fn wait_ready(admin: u16) {
@@ -51,8 +63,7 @@ async fn accepted_alarms_survive_kill_9_and_are_delivered_once() {
     let dir = tempfile::tempdir().unwrap();
     let slack_port = free_port();
     one_route_config(dir.path(), slack_port);
-    let (port, admin) = (free_port(), free_port());
-    let mut child = serve(dir.path(), port, admin);
+    let (mut child, port, admin) = serve(dir.path());
     wait_ready(admin).await;
     let addr = ([127, 0, 0, 1], port).into();
     const N: usize = 40;
@@ -65,8 +76,7 @@ async fn accepted_alarms_survive_kill_9_and_are_delivered_once() {
     child.wait().unwrap();
 
     let sink = SlackSink::start_on(([127, 0, 0, 1], slack_port).into()).await.unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let mut child = serve(dir.path(), port, admin);
+    let (mut child, port, admin) = serve(dir.path());
     wait_ready(admin).await;
     let all_arrived = sink.wait_until(Duration::from_secs(20), |_| name_counts(&sink, "c", "prod-k").len() == N).await;
     assert!(all_arrived, "not every accepted alarm arrived after restart");
@@ -96,8 +106,7 @@ async fn accepted_alarms_survive_kill_9_and_are_delivered_once() {
     child.kill().unwrap();
     child.wait().unwrap();
     let posts_before = sink.posts().len();
-    let (port, admin) = (free_port(), free_port());
-    let mut child = serve(dir.path(), port, admin);
+    let (mut child, _, admin) = serve(dir.path());
     wait_ready(admin).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(sink.posts().len(), posts_before, "completed deliveries were repeated after restart");
@@ -126,8 +135,7 @@ async fn sigterm_during_a_burst_loses_nothing_it_accepted() {
     let sink = SlackSink::start().await.unwrap();
     sink.script("c", vec![Reply::Slow(Duration::from_millis(300)); 5]);
     one_route_config(dir.path(), sink.addr.port());
-    let (port, admin) = (free_port(), free_port());
-    let mut child = serve(dir.path(), port, admin);
+    let (mut child, port, admin) = serve(dir.path());
     wait_ready(admin).await;
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     const N: usize = 150;
@@ -156,8 +164,7 @@ async fn sigterm_during_a_burst_loses_nothing_it_accepted() {
     assert!(!accepted.is_empty() && refused > 0, "SIGTERM did not land mid-burst: {} accepted", accepted.len());
 
     // Everything answered 200 arrives, after a restart if it was still pending.
-    let (port, admin) = (free_port(), free_port());
-    let mut child = serve(dir.path(), port, admin);
+    let (mut child, _, admin) = serve(dir.path());
     wait_ready(admin).await;
     let all = sink
         .wait_until(Duration::from_secs(20), |_| {
@@ -378,8 +385,9 @@ async fn logs_name_the_alarm_and_print_muted_routes_plainly() {
         "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n[destinations.c]\nurl = \"{url}\"\n\
          [[route]]\nname = \"hush\"\nalarm_name = [\"noisy-*\"]\nenabled = false\n[[route]]\nname = \"all\"\nto = [\"c\"]\n"
     );
-    let (mut cmd, port, admin) = logged_serve(dir.path(), &routes);
+    let mut cmd = logged_serve(dir.path(), &routes);
     let mut child = cmd.env("WEBHOOK_RELAY_LOG", "webhook_relay=debug").spawn().unwrap();
+    let (port, admin) = bound(&mut child, &dir.path().join("log"));
     wait_ready(admin).await;
     let addr = ([127, 0, 0, 1], port).into();
     let body = alarm(signer(), "l1", "prod-db-latency", "ALARM").to_string();
@@ -411,7 +419,7 @@ async fn https_proxy_from_the_environment_with_credentials_never_logged() {
     let front = tls_front(&ca, &["hooks.slack.test"], sink.addr).await;
     let proxy = Proxy::start(Mode::Tunnel { to: front }, Some("relay:s3cret")).await;
     let ca_file = ca.write_pem(dir.path());
-    let (mut cmd, port, admin) = logged_serve(
+    let mut cmd = logged_serve(
         dir.path(),
         "[sns]\ntopics = [\"arn:aws:sns:*:123456789012:alarms-*\"]\n[destinations.c]\nurl = \"env:SLACK_C\"\n\
          [[route]]\nname = \"all\"\nto = [\"c\"]\n",
@@ -425,6 +433,7 @@ async fn https_proxy_from_the_environment_with_credentials_never_logged() {
         .env("WEBHOOK_RELAY_LOG", "webhook_relay=debug")
         .spawn()
         .unwrap();
+    let (port, admin) = bound(&mut child, &dir.path().join("log"));
     wait_ready(admin).await;
     let addr = ([127, 0, 0, 1], port).into();
     let body = alarm(signer(), "e1", "prod-env", "ALARM").to_string();
@@ -468,10 +477,10 @@ async fn trace_logging_into_the_config_folder_is_not_a_feedback_loop() {
     let dir = tempfile::tempdir().unwrap();
     one_route_config(dir.path(), free_port());
     let log = std::fs::File::create(dir.path().join("relay.log")).unwrap();
-    let (port, admin) = (free_port(), free_port());
     let mut cmd = Command::new(BIN);
-    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), port, admin);
+    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), 0, 0);
     let mut child = cmd.env("WEBHOOK_RELAY_LOG", "trace").stderr(log).spawn().unwrap();
+    let (_, admin) = bound(&mut child, &dir.path().join("relay.log"));
     wait_ready(admin).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = reqwest_like::Client.get(([127, 0, 0, 1], admin).into(), "/metrics").await.1;
@@ -490,8 +499,7 @@ async fn trace_logging_into_the_config_folder_is_not_a_feedback_loop() {
 async fn queue_commands_look_inside_the_log_while_the_gateway_runs_and_after() {
     let dir = tempfile::tempdir().unwrap();
     one_route_config(dir.path(), free_port()); // Slack down: everything stays pending
-    let (port, admin) = (free_port(), free_port());
-    let mut child = serve(dir.path(), port, admin);
+    let (mut child, port, admin) = serve(dir.path());
     wait_ready(admin).await;
     let addr = ([127, 0, 0, 1], port).into();
     for i in 0..3 {

@@ -23,15 +23,12 @@ async fn slot() -> tokio::sync::SemaphorePermit<'static> {
     SLOTS.acquire().await.unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// One gateway process in cluster mode, killed (-9) when dropped.
 struct Replica {
-    child: Option<Child>,
-    addr: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
+    child: std::sync::Mutex<Option<Child>>,
+    /// Public and admin address, bound on port 0 by the gateway and read from its log on
+    /// first use (so replicas started together start together).
+    addrs: std::sync::OnceLock<(std::net::SocketAddr, std::net::SocketAddr)>,
     dir: tempfile::TempDir,
 }
 
@@ -52,9 +49,8 @@ impl Replica {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("routes.toml"), routes).unwrap();
         signer().pin_into(&dir.path().join("certs")).unwrap();
-        let (port, admin) = (free_port(), free_port());
         let mut cmd = Command::new(BIN);
-        webhook_relay::testkit::serve_args(&mut cmd, dir.path(), port, admin);
+        webhook_relay::testkit::serve_args(&mut cmd, dir.path(), 0, 0);
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         cmd.args(["--shutdown-timeout", "5s"])
             .args(args)
@@ -62,17 +58,34 @@ impl Replica {
             .env("RUST_LOG", "info,webhook_relay=debug")
             .stderr(log);
         let child = cmd.spawn().unwrap();
-        Replica { child: Some(child), addr: ([127, 0, 0, 1], port).into(), admin: ([127, 0, 0, 1], admin).into(), dir }
+        Replica { child: std::sync::Mutex::new(Some(child)), addrs: std::sync::OnceLock::new(), dir }
+    }
+
+    fn addrs(&self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        *self.addrs.get_or_init(|| {
+            let mut child = self.child.lock().unwrap();
+            let child = child.as_mut().expect("replica is running");
+            let log = self.dir.path().join("log");
+            webhook_relay::testkit::bound_addrs(&log, child, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"))
+        })
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.addrs().0
+    }
+
+    fn admin(&self) -> std::net::SocketAddr {
+        self.addrs().1
     }
 
     async fn ready(&self) -> bool {
-        reqwest_like::Client.get(self.admin, "/readyz").await.0 == 200
+        reqwest_like::Client.get(self.admin(), "/readyz").await.0 == 200
     }
 
     async fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(self.admin).await.is_ok() && self.ready().await {
+            if tokio::net::TcpStream::connect(self.admin()).await.is_ok() && self.ready().await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -81,14 +94,14 @@ impl Replica {
     }
 
     async fn post(&self, body: &serde_json::Value) -> u16 {
-        match reqwest_like::try_post(self.addr, body.to_string().into()).await {
+        match reqwest_like::try_post(self.addr(), body.to_string().into()).await {
             Ok((status, _)) => status,
             Err(_) => 0,
         }
     }
 
     async fn metric(&self, name: &str) -> Option<f64> {
-        let text = reqwest_like::Client.get(self.admin, "/metrics").await.1;
+        let text = reqwest_like::Client.get(self.admin(), "/metrics").await.1;
         text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
@@ -97,14 +110,14 @@ impl Replica {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child.get_mut().unwrap().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child.get_mut().unwrap().take() {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let _ = c.wait();
         }
@@ -557,7 +570,7 @@ async fn nats_credentials_in_the_url_are_used_and_never_printed() {
     replica.wait_ready(Duration::from_secs(30)).await;
     assert_eq!(replica.post(&alarm(signer(), "creds-1", "prod-creds1", "ALARM")).await, 200);
     assert!(sink.wait_until(Duration::from_secs(10), |_| sink.delivered("ops").len() == 1).await);
-    let metrics = reqwest_like::Client.get(replica.admin, "/metrics").await.1;
+    let metrics = reqwest_like::Client.get(replica.admin(), "/metrics").await.1;
     assert!(metrics.contains("webhook_relay_cluster_connected 1"), "{metrics}");
     let log = replica.log();
     assert!(log.contains(&format!("127.0.0.1:{port}")), "the server is named");

@@ -79,9 +79,10 @@ fn one_route(dir: &Path) -> SocketAddr {
 }
 
 /// The gateway with its data dir on `mnt`, its log in `dir/log`.
-fn spawn(dir: &Path, mnt: &Path, port: u16, admin: u16) -> Gateway {
-    let child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+/// The gateway on ports it picks (read from its log), its data on `mnt`.
+fn spawn(dir: &Path, mnt: &Path) -> (Gateway, SocketAddr, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--config")
         .arg(dir.join("routes.toml"))
         .arg("--data-dir")
@@ -92,7 +93,9 @@ fn spawn(dir: &Path, mnt: &Path, port: u16, admin: u16) -> Gateway {
         .stderr(std::fs::File::create(dir.join("log")).unwrap())
         .spawn()
         .unwrap();
-    Gateway(child)
+    let (addr, admin) = webhook_relay::testkit::bound_addrs(&dir.join("log"), &mut child, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    (Gateway(child), addr, admin)
 }
 
 async fn wait_up(addr: SocketAddr) {
@@ -124,9 +127,7 @@ async fn a_full_disk_recovers_by_itself_once_the_backlog_drains() {
     std::fs::create_dir(&mnt).unwrap();
     let Some(_tmpfs) = Tmpfs::mount(&mnt, "40m") else { return };
     let slack = one_route(dir.path());
-    let (port, admin) = (free_port(), free_port());
-    let _gateway = spawn(dir.path(), &mnt, port, admin);
-    let (addr, admin): (SocketAddr, SocketAddr) = (([127, 0, 0, 1], port).into(), ([127, 0, 0, 1], admin).into());
+    let (_gateway, addr, admin) = spawn(dir.path(), &mnt);
     wait_up(addr).await;
 
     // Slack is down: big alarms (100 KB each) until the disk is full.
@@ -191,9 +192,7 @@ async fn readiness_comes_back_by_itself_when_space_does() {
     std::fs::create_dir(&mnt).unwrap();
     let Some(_tmpfs) = Tmpfs::mount(&mnt, "40m") else { return };
     one_route(dir.path());
-    let (port, admin) = (free_port(), free_port());
-    let _gateway = spawn(dir.path(), &mnt, port, admin);
-    let (addr, admin): (SocketAddr, SocketAddr) = (([127, 0, 0, 1], port).into(), ([127, 0, 0, 1], admin).into());
+    let (_gateway, addr, admin) = spawn(dir.path(), &mnt);
     wait_up(addr).await;
     // Something else fills the volume (a ballast file), then a write fails.
     let ballast = mnt.join("ballast");

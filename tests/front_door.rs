@@ -14,10 +14,6 @@ use tokio::net::{TcpSocket, TcpStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_webhook-relay");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn rss_kib(child: &Child) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     status
@@ -57,11 +53,12 @@ async fn one_client_with_5000_half_sent_requests_does_not_shut_out_sns() {
     )
     .unwrap();
     signer().pin_into(&dir.path().join("certs")).unwrap();
-    let (port, admin) = (free_port(), free_port());
     let mut cmd = Command::new(BIN);
-    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), port, admin);
-    let mut child = cmd.spawn().unwrap();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    webhook_relay::testkit::serve_args(&mut cmd, dir.path(), 0, 0);
+    let log = dir.path().join("log");
+    let mut child = cmd.stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let (addr, admin) = webhook_relay::testkit::bound_addrs(&log, &mut child, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while reqwest_like::try_post(addr, "x".into()).await.is_err() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -84,7 +81,7 @@ async fn one_client_with_5000_half_sent_requests_does_not_shut_out_sns() {
     assert_eq!(status, 200, "the legitimate POST was not answered");
     assert!(took < Duration::from_secs(1), "the legitimate POST took {took:?}");
     let during = rss_kib(&child);
-    let metrics = reqwest_like::Client.get(([127, 0, 0, 1], admin).into(), "/metrics").await.1;
+    let metrics = reqwest_like::Client.get(admin, "/metrics").await.1;
     assert!(metrics.contains("webhook_relay_connections_refused_total{reason=\"per_ip_limit\"}"), "{metrics}");
 
     drop(flood);
