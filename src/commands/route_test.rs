@@ -72,7 +72,7 @@ pub fn run(config_path: &Path, message_path: &Path, payload: bool, out: &mut dyn
             let style = slack::style(dest, n, severity);
             let r = slack::render(n, severity, &style, slack::History::default());
             let _ = writeln!(out, "\n--- {name} ---");
-            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&r.payload).unwrap_or_default());
+            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&r.payload()).unwrap_or_default());
             for note in &r.truncated {
                 let _ = writeln!(out, "note: {note} to fit Slack's limits");
             }

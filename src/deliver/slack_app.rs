@@ -114,7 +114,7 @@ impl SlackApp {
     async fn alarm(&self, dest: &Destination, app: &AppTarget, item: &Item, alarm: &Alarm) -> Answer {
         let n = &item.prepared.notification;
         let payload =
-            render(n, &item.prepared.severity, &style(dest, n, &item.prepared.severity), item.history).payload;
+            render(n, &item.prepared.severity, &style(dest, n, &item.prepared.severity), item.history).payload();
         let key = alarm_key(dest, n, alarm);
         let now = super::now_ms();
         let at = alarm.state_change_time.as_deref().and_then(cloudwatch_ms).unwrap_or(now);
@@ -222,9 +222,9 @@ impl Sink for SlackApp {
         let payload = match items {
             [one] => {
                 let p = &one.prepared;
-                render(&p.notification, &p.severity, &style(dest, &p.notification, &p.severity), one.history).payload
+                render(&p.notification, &p.severity, &style(dest, &p.notification, &p.severity), one.history).payload()
             }
-            _ => render_digest(&items.iter().map(|i| (i.prepared.clone(), i.history)).collect::<Vec<_>>()).payload,
+            _ => render_digest(&items.iter().map(|i| (i.prepared.clone(), i.history)).collect::<Vec<_>>()).payload(),
         };
         match self.post(app, &payload, None).await {
             Ok(_) => done(),
