@@ -610,7 +610,23 @@ impl Gateway {
     }
 
     fn stop(&self) {
-        let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", self.pid())]).status();
+        // Under a profiler (LOADGEN_WRAP) only the gateway is told to stop: signalling the
+        // whole group also stopped heaptrack's interpreter before it had read everything,
+        // and a third of the allocations went uncounted.
+        let wrapped = std::env::var("LOADGEN_WRAP").is_ok_and(|w| !w.trim().is_empty());
+        let gateway = Command::new("pgrep")
+            .args(["-g", &self.pid().to_string(), "-x", "webhook-relay"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().map(str::to_string));
+        match (wrapped, gateway) {
+            (true, Some(pid)) => {
+                let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            }
+            _ => {
+                let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", self.pid())]).status();
+            }
+        }
         if let Ok(mut c) = self.child.lock() {
             let _ = c.wait();
         }

@@ -30,6 +30,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The answer's body: the label and a newline, without a `format!` per request.
+    pub fn line(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted\n",
+            Outcome::Duplicate => "duplicate\n",
+            Outcome::Unrouted => "unrouted\n",
+            Outcome::SubscriptionConfirmed => "subscription_confirmed\n",
+            Outcome::SubscriptionNotConfirmed => "subscription_not_confirmed\n",
+            Outcome::UnsubscribeSeen => "unsubscribe_confirmation\n",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
@@ -211,6 +223,25 @@ impl Gateway {
                 tracing::error!(topic = %topic, error = %e, "subscription confirmation failed; SNS will resend");
                 Err(IngestError::Confirm(e.to_string()))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn each_answer_line_is_its_label() {
+        for o in [
+            Outcome::Accepted,
+            Outcome::Duplicate,
+            Outcome::Unrouted,
+            Outcome::SubscriptionConfirmed,
+            Outcome::SubscriptionNotConfirmed,
+            Outcome::UnsubscribeSeen,
+        ] {
+            assert_eq!(o.line(), format!("{}\n", o.label()));
         }
     }
 }

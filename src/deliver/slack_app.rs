@@ -133,7 +133,7 @@ impl SlackApp {
                         channel: p.channel,
                         ts: p.ts,
                         updated_at_ms: now,
-                        state: alarm.new_state.clone(),
+                        state: alarm.new_state.to_string(),
                         state_since_ms: at,
                         last_seq: item.seq,
                     };
@@ -174,7 +174,7 @@ impl SlackApp {
             }
             thread.last_seq = item.seq;
             if changed {
-                thread.state = alarm.new_state.clone();
+                thread.state = alarm.new_state.to_string();
                 thread.state_since_ms = at;
             }
             thread.updated_at_ms = now;
@@ -198,7 +198,7 @@ impl SlackApp {
             }
             thread.last_seq = item.seq;
             if changed && thread.state != alarm.new_state {
-                thread.state = alarm.new_state.clone();
+                thread.state = alarm.new_state.to_string();
                 thread.state_since_ms = at;
             }
             thread.updated_at_ms = now;
@@ -258,7 +258,7 @@ pub fn classify(status: u16, error: &str, retry_after: Option<Duration>) -> Answ
 /// Per destination: alarm ARN, else account, region and name.
 fn alarm_key(dest: &Destination, n: &Notification, a: &Alarm) -> String {
     let id = match &a.arn {
-        Some(arn) => arn.clone(),
+        Some(arn) => arn.to_string(),
         None => format!(
             "{}:{}:{}",
             n.account.as_deref().unwrap_or_default(),

@@ -2,37 +2,43 @@
 //! purpose: CloudWatch's JSON has grown fields over the years and some are null or of odd
 //! types, and a surprising alarm must still reach Slack rather than be refused.
 
+use compact_str::{CompactString, ToCompactString};
 use serde::Deserialize;
+
+/// Text of an alarm field: inline up to 24 bytes, which holds most of them (states,
+/// account ids, namespaces, metric and dimension names, thresholds), so parsing an alarm
+/// allocates for the long ones only (name, reason, description, ARN, time).
+pub type Str = CompactString;
 
 /// A CloudWatch alarm state change (metric, metric-math or composite alarm).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Alarm {
-    pub name: String,
-    pub description: Option<String>,
-    pub account: Option<String>,
-    pub new_state: String,
-    pub old_state: Option<String>,
-    pub reason: Option<String>,
-    pub state_change_time: Option<String>,
+    pub name: Str,
+    pub description: Option<Str>,
+    pub account: Option<Str>,
+    pub new_state: Str,
+    pub old_state: Option<Str>,
+    pub reason: Option<Str>,
+    pub state_change_time: Option<Str>,
     /// CloudWatch's human region name ("US East (N. Virginia)").
-    pub region_name: Option<String>,
-    pub arn: Option<String>,
+    pub region_name: Option<Str>,
+    pub arn: Option<Str>,
     pub trigger: Option<Trigger>,
     /// Composite alarms: the rule and the children that fired it.
-    pub alarm_rule: Option<String>,
-    pub triggering_children: Vec<String>,
+    pub alarm_rule: Option<Str>,
+    pub triggering_children: Vec<Str>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Trigger {
-    pub metric_name: Option<String>,
-    pub namespace: Option<String>,
-    pub statistic: Option<String>,
-    pub comparison_operator: Option<String>,
-    pub threshold: Option<String>,
+    pub metric_name: Option<Str>,
+    pub namespace: Option<Str>,
+    pub statistic: Option<Str>,
+    pub comparison_operator: Option<Str>,
+    pub threshold: Option<Str>,
     pub period: Option<u64>,
     pub evaluation_periods: Option<u64>,
-    pub dimensions: Vec<(String, String)>,
+    pub dimensions: Vec<(Str, Str)>,
     /// Metric math: one line per query (`m1: AWS/EC2 CPUUtilization`, `e1: m1*100`).
     pub metrics: Vec<String>,
 }
@@ -183,7 +189,7 @@ impl RawQuery {
 /// A JSON scalar as text (numbers as serde_json prints them); null, objects and arrays are
 /// absent.
 #[derive(Default)]
-struct Text(Option<String>);
+struct Text(Option<Str>);
 
 /// A whole number, also when sent as a string; anything else is absent.
 #[derive(Default)]
@@ -271,12 +277,12 @@ fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Erro
 
 lenient_visitor!(TextVisitor<>, Text, expecting: "any JSON value",
     scalar: |v| Text(Some(match v {
-        Scalar::Str(s) => s.to_string(),
-        Scalar::Bool(b) => b.to_string(),
-        Scalar::U64(n) => n.to_string(),
-        Scalar::I64(n) => n.to_string(),
+        Scalar::Str(s) => Str::new(s),
+        Scalar::Bool(b) => Str::const_new(if b { "true" } else { "false" }),
+        Scalar::U64(n) => n.to_compact_string(),
+        Scalar::I64(n) => n.to_compact_string(),
         // serde_json's own formatting (90.0 stays "90.0").
-        Scalar::F64(f) => serde_json::Number::from_f64(f).map(|n| n.to_string()).unwrap_or_default(),
+        Scalar::F64(f) => serde_json::Number::from_f64(f).map(|n| n.to_compact_string()).unwrap_or_default(),
     })),
     object: |map| skip_map(map).map(|_| Text(None)),
     seq: |seq| skip_seq(seq).map(|_| Text(None)));
@@ -343,11 +349,11 @@ mod tests {
         use super::super::*;
         use serde_json::Value;
 
-        fn string(v: &Value, key: &str) -> Option<String> {
+        fn string(v: &Value, key: &str) -> Option<Str> {
             match v.get(key)? {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                Value::Bool(b) => Some(b.to_string()),
+                Value::String(s) => Some(Str::from(s.as_str())),
+                Value::Number(n) => Some(n.to_string().into()),
+                Value::Bool(b) => Some(b.to_string().into()),
                 _ => None,
             }
         }
@@ -360,7 +366,7 @@ mod tests {
             }
         }
 
-        fn dimensions(v: Option<&Value>) -> Vec<(String, String)> {
+        fn dimensions(v: Option<&Value>) -> Vec<(Str, Str)> {
             let Some(Value::Array(items)) = v else { return Vec::new() };
             items
                 .iter()
@@ -463,7 +469,7 @@ mod tests {
         assert_eq!(n.account.as_deref(), Some("123456789012"));
         let t = a.trigger.as_ref().unwrap();
         assert_eq!(t.threshold.as_deref(), Some("5.0"));
-        assert_eq!(t.dimensions, vec![("ApiName".to_string(), "api".to_string())]);
+        assert_eq!(t.dimensions, vec![("ApiName".into(), "api".into())]);
     }
 
     #[test]

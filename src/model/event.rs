@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::alarm::{Alarm, Trigger};
+use super::alarm::{Alarm, Str, Trigger};
 
 /// The envelope of an EventBridge event and its key fields.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -121,7 +121,7 @@ pub fn parse_event(message: &str) -> Option<(AwsEvent, Option<Alarm>)> {
 /// The alarm in a "CloudWatch Alarm State Change" event (metric or composite alarm). Its
 /// account and region are the event's own, not the topic's.
 fn alarm_from(event: &AwsEvent, detail: &Value) -> Option<Alarm> {
-    let s = |v: Option<&Value>, k: &str| v.and_then(|v| v.get(k)).and_then(|x| x.as_str()).map(str::to_string);
+    let s = |v: Option<&Value>, k: &str| v.and_then(|v| v.get(k)).and_then(|x| x.as_str()).map(Str::from);
     let state = detail.get("state");
     let previous = detail.get("previousState");
     let configuration = detail.get("configuration");
@@ -143,7 +143,11 @@ fn alarm_from(event: &AwsEvent, detail: &Value) -> Option<Alarm> {
                 dimensions: metric
                     .and_then(|m| m.get("dimensions"))
                     .and_then(Value::as_object)
-                    .map(|d| d.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                    .map(|d| {
+                        d.iter()
+                            .map(|(k, v)| (Str::from(k.as_str()), Str::from(v.as_str().unwrap_or_default())))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 ..Trigger::default()
             })
@@ -171,13 +175,13 @@ fn alarm_from(event: &AwsEvent, detail: &Value) -> Option<Alarm> {
     Some(Alarm {
         name: s(Some(detail), "alarmName")?,
         description: s(configuration, "description").filter(|d| !d.is_empty()),
-        account: event.account.clone(),
+        account: event.account.as_deref().map(Str::from),
         new_state: s(state, "value")?,
         old_state: s(previous, "value"),
         reason: s(state, "reason"),
-        state_change_time: s(state, "timestamp").or_else(|| event.time.clone()),
+        state_change_time: s(state, "timestamp").or_else(|| event.time.as_deref().map(Str::from)),
         region_name: None,
-        arn: event.resources.iter().find(|r| r.contains(":alarm:")).cloned(),
+        arn: event.resources.iter().find(|r| r.contains(":alarm:")).map(|r| Str::from(r.as_str())),
         trigger,
         alarm_rule: s(configuration, "alarmRule"),
         triggering_children: Vec::new(),
@@ -218,7 +222,7 @@ mod tests {
             (t.metric_name.as_deref(), t.namespace.as_deref(), t.period),
             (Some("CPUUtilization"), Some("AWS/EC2"), Some(300))
         );
-        assert_eq!(t.dimensions, vec![("AutoScalingGroupName".to_string(), "prod-api".to_string())]);
+        assert_eq!(t.dimensions, vec![("AutoScalingGroupName".into(), "prod-api".into())]);
         assert_eq!(a.arn.as_deref(), Some("arn:aws:cloudwatch:eu-west-1:210987654321:alarm:prod-api-cpu-critical"));
         assert_eq!(n.event.as_ref().unwrap().source, "aws.cloudwatch");
     }

@@ -5,19 +5,28 @@
 
 pub mod alarm;
 pub mod event;
+pub mod json_text;
 
 use serde::{Deserialize, Serialize};
 
-pub use alarm::{parse_alarm, Alarm, Trigger};
+pub use alarm::{parse_alarm, Alarm, Str, Trigger};
 pub use event::{parse_event, AwsEvent};
 
 /// What the gateway keeps of an accepted SNS Notification (everything delivery needs).
+///
+/// Read back from stored JSON (`from_slice`) with `json_text`: one allocation per field
+/// (serde_json's unescaping of the message, JSON inside JSON, cost about ten).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
+    #[serde(deserialize_with = "json_text::string")]
     pub message_id: String,
+    #[serde(deserialize_with = "json_text::string")]
     pub topic_arn: String,
+    #[serde(default, deserialize_with = "json_text::opt_string")]
     pub subject: Option<String>,
+    #[serde(deserialize_with = "json_text::string")]
     pub message: String,
+    #[serde(deserialize_with = "json_text::string")]
     pub timestamp: String,
     /// Set on a copy sent to a destination's `fallback` because Slack said the original
     /// destination is gone: the destination it came from. A fallback is followed one hop
@@ -38,10 +47,10 @@ pub struct Notification {
     /// The EventBridge event the Message is, when it is one.
     pub event: Option<AwsEvent>,
     /// Region code (`us-east-1`): the alarm ARN's, else the event's, else the topic's.
-    pub region: Option<String>,
-    pub account: Option<String>,
+    pub region: Option<Str>,
+    pub account: Option<Str>,
     /// Partition of the topic (`aws`, `aws-cn`, ...), for console links.
-    pub partition: String,
+    pub partition: Str,
 }
 
 /// A notification with the severity routing gave it, shared by its deliveries.
@@ -66,17 +75,17 @@ impl Notification {
             .and_then(|a| a.arn.as_deref())
             .and_then(|arn| arn.split(':').nth(3))
             .filter(|r| !r.is_empty())
-            .map(str::to_string);
+            .map(Str::from);
         let region = alarm_arn_region
-            .or_else(|| event.as_ref().and_then(|e| e.region.clone()))
-            .or_else(|| topic.as_ref().map(|t| t.region.to_string()));
+            .or_else(|| event.as_ref().and_then(|e| e.region.as_deref()).map(Str::from))
+            .or_else(|| topic.as_ref().map(|t| Str::from(t.region)));
         let account = alarm
             .as_ref()
             .and_then(|a| a.account.clone())
-            .or_else(|| event.as_ref().and_then(|e| e.account.clone()))
-            .or_else(|| topic.as_ref().map(|t| t.account.to_string()))
+            .or_else(|| event.as_ref().and_then(|e| e.account.as_deref()).map(Str::from))
+            .or_else(|| topic.as_ref().map(|t| Str::from(t.account)))
             .filter(|a| !a.is_empty());
-        let partition = topic.as_ref().map(|t| t.partition.to_string()).unwrap_or_else(|| "aws".into());
+        let partition = topic.as_ref().map_or(Str::const_new("aws"), |t| Str::from(t.partition));
         Notification { envelope, alarm, event, region, account, partition }
     }
 

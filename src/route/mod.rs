@@ -190,16 +190,17 @@ impl Router {
     pub fn route(&self, facts: &Facts<'_>) -> Decision {
         // Match each field once against every pattern of every route.
         let mut scratch = Vec::new();
-        let mut matched: Vec<Option<Vec<bool>>> = Vec::with_capacity(Field::ALL.len());
-        for (field, index) in Field::ALL.iter().zip(&self.indexes) {
-            matched.push(match facts.get(*field) {
+        // On the stack: this runs for every notification.
+        let mut matched: [Option<Vec<bool>>; Field::ALL.len()] = Default::default();
+        for ((field, index), slot) in Field::ALL.iter().zip(&self.indexes).zip(&mut matched) {
+            *slot = match facts.get(*field) {
                 Some(value) if !index.is_empty() => {
                     let mut bits = Vec::new();
                     index.matches(value, &mut scratch, &mut bits);
                     Some(bits)
                 }
                 _ => None,
-            });
+            };
         }
         let mut decision = Decision::default();
         for route in &self.routes {

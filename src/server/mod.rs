@@ -231,7 +231,7 @@ async fn public(req: Request<Incoming>, gateway: &Gateway, limits: Limits, peer:
     match answer {
         Ok(outcome) => {
             tracing::debug!(%peer, outcome = outcome.label(), "sns message handled");
-            text(StatusCode::OK, format!("{}\n", outcome.label()))
+            text(StatusCode::OK, outcome.line())
         }
         Err(e) => {
             metrics.reject(e.label());

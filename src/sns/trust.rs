@@ -45,15 +45,16 @@ pub fn partition_domain(partition: &str) -> Option<&'static str> {
 /// `us-east-1`, `cn-north-1`, `us-gov-west-1`, `eusc-de-east-1`: letters, dash-separated
 /// words, then a number. Rejects `s3`, `s3-external`, empty and dotted labels.
 pub fn is_region_code(s: &str) -> bool {
-    let mut parts = s.split('-');
-    let Some(first) = parts.next() else { return false };
+    let Some(first) = s.split('-').next() else { return false };
     if !(2..=4).contains(&first.len()) || !first.bytes().all(|b| b.is_ascii_lowercase()) {
         return false;
     }
-    let rest: Vec<&str> = parts.collect();
-    let Some((last, middle)) = rest.split_last() else { return false };
-    !middle.is_empty()
-        && middle.iter().all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+    // The rest: one or more lowercase words, then the number (no Vec: runs per request).
+    let Some(last) = s.rsplit('-').next().filter(|_| s.contains('-')) else { return false };
+    let middle = &s[first.len()..s.len() - last.len()];
+    let middle = middle.strip_prefix('-').and_then(|m| m.strip_suffix('-'));
+    let Some(middle) = middle.filter(|m| !m.is_empty()) else { return false };
+    middle.split('-').all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
         && (1..=2).contains(&last.len())
         && last.bytes().all(|b| b.is_ascii_digit())
 }
@@ -209,6 +210,39 @@ mod tests {
         }
         for bad in ["s3", "us-east", "us--1", "-east-1", "us-east-123", "US-east-1", "us-east-1.", ""] {
             assert!(!is_region_code(bad), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The allocation-free check answers as the one it replaced (which collected the
+        /// words into a Vec) on any dash-separated text.
+        #[test]
+        fn region_code_check_matches_the_word_list_reading(s in "[a-zA-Z0-9.-]{0,14}") {
+            let old = {
+                let mut parts = s.split('-');
+                let first = parts.next().unwrap_or_default();
+                let rest: Vec<&str> = parts.collect();
+                (2..=4).contains(&first.len())
+                    && first.bytes().all(|b| b.is_ascii_lowercase())
+                    && rest.split_last().is_some_and(|(last, middle)| {
+                        !middle.is_empty()
+                            && middle.iter().all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+                            && (1..=2).contains(&last.len())
+                            && last.bytes().all(|b| b.is_ascii_digit())
+                    })
+            };
+            proptest::prop_assert_eq!(is_region_code(&s), old, "{}", s);
+        }
+
+        #[test]
+        fn region_shaped_text_matches_too(s in "[a-z]{1,5}(-[a-z]{0,4}){0,3}-[0-9]{0,3}") {
+            let words: Vec<&str> = s.split('-').collect();
+            let (last, middle) = words.split_last().unwrap();
+            let old = (2..=4).contains(&words[0].len())
+                && middle.len() > 1
+                && middle[1..].iter().all(|w| !w.is_empty())
+                && (1..=2).contains(&last.len());
+            proptest::prop_assert_eq!(is_region_code(&s), old, "{}", s);
         }
     }
 
