@@ -8,8 +8,25 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A port for a NATS server: one nats-server must be told its port (and the others its
+/// route) before it binds, so port 0 is not an option. Ports come from below the kernel's
+/// ephemeral range (Linux: 32768 and up), where an outgoing connection cannot take one
+/// between the pick and the bind as it could a port from `bind(0)`; each is handed out
+/// once per test process (a restarted node keeps its own) and checked to be free.
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // A different start per process, so two test processes at once rarely meet.
+    let start = (std::process::id() * 97) % SPAN;
+    for _ in 0..SPAN {
+        let p = (FIRST + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// The `nats-server` binary, or `None` after saying the test is skipped.
