@@ -205,6 +205,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         deliver: deliver.clone(),
         metrics: metrics.clone(),
         accepting: AtomicBool::new(true),
+        route_counters: Default::default(),
     });
 
     let tls = match &settings.tls {

@@ -28,6 +28,12 @@ async fn accepted_duplicate_and_unrouted() {
     assert!(metrics.contains("webhook_relay_sns_duplicates_total 1"), "{metrics}");
     assert!(metrics.contains("webhook_relay_sns_unrouted_total 1"));
     assert!(!metrics.contains(&sink.url("critical")), "webhook URL leaked into metrics");
+    // Each matching route counted once per accepted notification (a duplicate is not).
+    let warning = alarm(s, "id-3", "prod-api-warning", "ALARM");
+    assert_eq!(gw.post(warning.to_string()).await, (200, "accepted\n".into()));
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("webhook_relay_route_matches_total{route=\"critical\"} 1"), "{metrics}");
+    assert!(metrics.contains("webhook_relay_route_matches_total{route=\"all-prod\"} 2"), "{metrics}");
     gw.shutdown().await;
 }
 

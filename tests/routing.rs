@@ -35,7 +35,7 @@ fn note(name: &str, state: &str, topic: &str, description: &str) -> Notification
 fn route(c: &Config, n: &Notification) -> (String, Vec<String>, Vec<String>) {
     let sev = c.severity.classify(n);
     let d = c.router.route(&Facts::of(n, &sev));
-    (sev, d.routes, d.destinations)
+    (sev.to_string(), d.routes, d.destinations)
 }
 
 const T: &str = "arn:aws:sns:eu-west-1:123456789012:alarms";

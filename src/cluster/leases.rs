@@ -34,7 +34,7 @@ use crate::config::reload::ConfigHandle;
 use crate::deliver::queue::DestinationQueue;
 use crate::deliver::{now_ms, Deliverer};
 use crate::metrics::Metrics;
-use crate::model::{Notification, Prepared};
+use crate::model::{Notification, Prepared, Str};
 use crate::queue::{Delivery, StoredMessage};
 use crate::shutdown::Shutdown;
 
@@ -304,7 +304,7 @@ async fn feed_once(
                     }
                 };
                 let notification = Notification::from_envelope(stored.envelope);
-                let severity = stored.severity.unwrap_or_else(|| config.get().severity.classify(&notification));
+                let severity = stored.severity.map_or_else(|| config.get().severity.classify(&notification), Str::from);
                 queue.push(Delivery {
                     destination: dest.to_string(),
                     seq,

@@ -45,7 +45,7 @@ pub async fn take_replays(queue: &dyn Queue, config: &Config, owns: &(dyn Fn(&st
         let severity = letter
             .severity
             .clone()
-            .unwrap_or_else(|| config.severity.classify(&Notification::from_envelope(envelope.clone())));
+            .unwrap_or_else(|| config.severity.classify(&Notification::from_envelope(envelope.clone())).to_string());
         let new = NewMessage {
             envelope: &envelope,
             severity: &severity,

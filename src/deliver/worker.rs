@@ -20,7 +20,7 @@ use super::sink::{Answer, Item, Verdict};
 use super::{dead_letters, retry, slack, DelivererInner};
 use crate::config::{Config, Destination};
 use crate::metrics::Metrics;
-use crate::model::{Envelope, Notification, Prepared};
+use crate::model::{Envelope, Notification, Prepared, Str};
 use crate::queue::{Accepted, Delivery, NewMessage};
 use crate::shutdown::Shutdown;
 
@@ -324,7 +324,7 @@ impl Worker {
                     Ok(Some(m)) => {
                         let notification = Notification::from_envelope(m.envelope);
                         // Kept since accept; records from before that are classified now.
-                        let severity = m.severity.unwrap_or_else(|| config.severity.classify(&notification));
+                        let severity = m.severity.map_or_else(|| config.severity.classify(&notification), Str::from);
                         Arc::new(Prepared { notification, severity })
                     }
                     Ok(None) => continue,
@@ -367,7 +367,7 @@ impl Worker {
             }
             let envelope = Envelope { fallback_from: Some(self.name.clone()), ..m.envelope };
             let severity = m.severity.unwrap_or_else(|| {
-                self.d.config.get().severity.classify(&Notification::from_envelope(envelope.clone()))
+                self.d.config.get().severity.classify(&Notification::from_envelope(envelope.clone())).to_string()
             });
             let new = NewMessage {
                 envelope: &envelope,

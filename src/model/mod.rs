@@ -57,7 +57,7 @@ pub struct Notification {
 #[derive(Debug)]
 pub struct Prepared {
     pub notification: Notification,
-    pub severity: String,
+    pub severity: Str,
 }
 
 impl Notification {

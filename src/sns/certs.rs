@@ -31,10 +31,11 @@ pub enum CertError {
 }
 
 /// A vetted signing certificate: an RSA key of at least 2048 bits and its validity window.
-#[derive(Debug)]
 pub struct SigningCert {
-    /// PKCS#1 RSAPublicKey DER, what ring verifies with.
-    pub public_key: Vec<u8>,
+    /// The key parsed once, for each signature version's algorithm (SHA-1 for
+    /// SignatureVersion 1, SHA-256 for 2): a cached certificate verifies without re-parsing.
+    pub sha1: aws_lc_rs::signature::ParsedPublicKey,
+    pub sha256: aws_lc_rs::signature::ParsedPublicKey,
     pub key_bits: usize,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
@@ -70,8 +71,13 @@ impl SigningCert {
             return Err(CertError::Invalid("RSA key shorter than 2048 bits"));
         }
         let validity = cert.validity();
+        let key = spki.subject_public_key.data.as_ref();
+        let parse = |alg| {
+            aws_lc_rs::signature::ParsedPublicKey::new(alg, key).map_err(|_| CertError::Invalid("unusable RSA key"))
+        };
         Ok(SigningCert {
-            public_key: spki.subject_public_key.data.to_vec(),
+            sha1: parse(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY)?,
+            sha256: parse(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256)?,
             key_bits,
             not_before: to_system_time(validity.not_before.timestamp()),
             not_after: to_system_time(validity.not_after.timestamp()),
@@ -80,6 +86,16 @@ impl SigningCert {
 
     pub fn valid_at(&self, t: SystemTime) -> bool {
         self.not_before <= t && t <= self.not_after
+    }
+}
+
+impl std::fmt::Debug for SigningCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningCert")
+            .field("key_bits", &self.key_bits)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
     }
 }
 

@@ -154,11 +154,18 @@ impl SnsMessage {
     /// JSON values. Subject is only part of it for a Notification that has one.
     pub fn string_to_sign(&self) -> String {
         let mut out = String::with_capacity(self.message.len() + 512);
+        self.signed_pieces(|piece| out.push_str(piece));
+        out
+    }
+
+    /// The string to sign, piece by piece, for a digest fed as it goes (no copy of the
+    /// Message per request).
+    pub fn signed_pieces(&self, mut piece: impl FnMut(&str)) {
         let mut push = |k: &str, v: &str| {
-            out.push_str(k);
-            out.push('\n');
-            out.push_str(v);
-            out.push('\n');
+            piece(k);
+            piece("\n");
+            piece(v);
+            piece("\n");
         };
         match self.kind {
             MessageType::Notification => {
@@ -181,7 +188,6 @@ impl SnsMessage {
                 push("Type", self.kind.as_str());
             }
         }
-        out
     }
 }
 

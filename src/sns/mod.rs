@@ -10,8 +10,6 @@ pub mod trust;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ring::signature::{self, UnparsedPublicKey};
-
 pub use certs::{CertError, CertStore, SigningCert};
 pub use fetch::Fetcher;
 pub use message::{MessageType, SignatureVersion, SnsMessage};
@@ -222,11 +220,16 @@ pub fn verify_signature(msg: &SnsMessage, cert: &SigningCert) -> Result<(), SnsE
     if !cert.valid_at(msg.timestamp) {
         return Err(SnsError::CertNotValidAtTimestamp);
     }
-    let algorithm: &dyn signature::VerificationAlgorithm = match msg.signature_version {
-        SignatureVersion::V1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
-        SignatureVersion::V2 => &signature::RSA_PKCS1_2048_8192_SHA256,
+    use aws_lc_rs::digest;
+    let (key, algorithm) = match msg.signature_version {
+        SignatureVersion::V1 => (&cert.sha1, &digest::SHA1_FOR_LEGACY_USE_ONLY),
+        SignatureVersion::V2 => (&cert.sha256, &digest::SHA256),
     };
-    UnparsedPublicKey::new(algorithm, &cert.public_key)
-        .verify(msg.string_to_sign().as_bytes(), &msg.signature)
+    // The digest is fed the string to sign piece by piece (no copy of the Message), and the
+    // key checks the digest: this skips the copy of the digest context that verifying the
+    // whole message makes inside AWS-LC.
+    let mut digest = digest::Context::new(algorithm);
+    msg.signed_pieces(|piece| digest.update(piece.as_bytes()));
+    key.verify_digest_sig(&digest.finish(), &msg.signature)
         .map_err(|_| SnsError::BadSignature("signature does not match"))
 }
