@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use super::{
-    color, comparison, emoji, short, History, Style, LATE_NOTE, LATE_TEXT, MAX_BLOCKS, MAX_FIELD, MAX_FIELDS,
-    MAX_SECTION, MAX_TEXT,
+    color, comparison, emoji, short, untitled_headline, History, Style, LATE_NOTE, LATE_TEXT, MAX_BLOCKS, MAX_FIELD,
+    MAX_FIELDS, MAX_SECTION, MAX_TEXT,
 };
 use crate::model::{Alarm, Notification, Prepared};
 
@@ -68,23 +68,6 @@ pub fn headline(n: &Notification) -> String {
         Some(a) => format!("{} {}: {}", emoji(&a.new_state), a.new_state, escape(&a.name)),
         None => escape(&untitled_headline(n)),
     }
-}
-
-/// A notification that is not an alarm is named by its Subject, or else by the start of
-/// its Message (first line, 80 characters): a digest line must say what it is.
-fn untitled_headline(n: &Notification) -> String {
-    if let Some(e) = &n.event {
-        return match &e.title {
-            Some(t) => format!("{}: {t}", e.detail_type),
-            None => e.detail_type.clone(),
-        };
-    }
-    if let Some(s) = n.envelope.subject.as_deref().filter(|s| !s.trim().is_empty()) {
-        return s.to_string();
-    }
-    let first = n.envelope.message.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(empty message)");
-    let mut notes = Vec::new();
-    cut(first, 80, "headline", &mut notes)
 }
 
 /// Renders one notification.
