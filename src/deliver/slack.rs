@@ -151,13 +151,6 @@ fn push_escaped(out: &mut String, s: &str) {
     out.push_str(rest);
 }
 
-/// Escapes the three characters Slack's mrkdwn treats as control characters.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    push_escaped(&mut out, s);
-    out
-}
-
 /// Cuts `s` in place to at most `max` characters, marking the cut with `…`.
 fn cut_to(s: &mut String, max: usize, what: &str, notes: &mut Vec<String>) {
     let count = s.chars().count();
