@@ -203,6 +203,10 @@ impl Leases {
     }
 }
 
+/// How long a destination's consumer is idle before it is asked whether it sent more than
+/// arrived: bounds how late a last message lost on its way from NATS is read again.
+const IDLE_CHECK: Duration = Duration::from_secs(3);
+
 fn lease_key(destination: &str) -> String {
     hex(destination.as_bytes())
 }
@@ -215,6 +219,12 @@ fn lease_key(destination: &str) -> String {
 /// consumer with acks would redeliver an unacknowledged message after `ack_wait`, after
 /// newer ones, which breaks per-alarm order on takeover. Why not one get per message: it
 /// is a request per delivery, and it slowed the server (measured: 140 deliveries/s).
+///
+/// Without acks, the server counts a message as delivered once it has sent it: one lost on
+/// the way (the pull request's reply inbox briefly without interest, as when the client
+/// reconnects to another node) would be skipped and then purged with the ones after it. So
+/// every delivery's consumer sequence must follow the last one's; a gap, or an idle consumer
+/// that says it sent more than arrived, starts reading again from the first seq not seen.
 async fn feed(
     nats: Arc<NatsQueue>,
     config: Arc<ConfigHandle>,
@@ -253,7 +263,7 @@ async fn feed_once(
     // An ephemeral pull consumer without acks, from where we are: the server only remembers
     // how far it has sent, and each fetch is a request with a deadline, so a consumer lost
     // with its server shows as an error here and is made again from `next_seq`.
-    let consumer = parts
+    let mut consumer = parts
         .msgs
         .create_consumer(pull::Config {
             filter_subject: subject.to_string(),
@@ -266,6 +276,9 @@ async fn feed_once(
         })
         .await
         .map_err(|e| e.to_string())?;
+    // The consumer numbers what it sends 1, 2, 3…: the last number that arrived here.
+    let mut arrived: u64 = 0;
+    let mut idle_since: Option<Instant> = None;
     let result = async {
         loop {
             while queue.lock().depth() >= cap {
@@ -283,6 +296,7 @@ async fn feed_once(
                 .messages()
                 .await
                 .map_err(|e| e.to_string())?;
+            let mut got = 0usize;
             loop {
                 let next = tokio::select! {
                     next = batch.next() => next,
@@ -290,7 +304,17 @@ async fn feed_once(
                 };
                 let Some(message) = next else { break };
                 let message = message.map_err(|e| e.to_string())?;
-                let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
+                let info = message.info().map_err(|e| e.to_string())?;
+                let (seq, sent) = (info.stream_sequence, info.consumer_sequence);
+                got += 1;
+                if sent != arrived + 1 {
+                    return Err(format!(
+                        "NATS sent delivery {sent} of this consumer after {arrived}: one between was \
+                         lost on its way; reading again from stream seq {}",
+                        *next_seq
+                    ));
+                }
+                arrived = sent;
                 if seq < *next_seq {
                     continue;
                 }
@@ -311,6 +335,24 @@ async fn feed_once(
                     accepted_at_ms: stored.accepted_at_ms,
                     prepared: Some(Arc::new(Prepared { notification, severity })),
                 });
+            }
+            // The last message of a burst has no successor to reveal its loss: an idle
+            // consumer is asked now and then how far it has sent.
+            if got > 0 {
+                idle_since = None;
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= IDLE_CHECK {
+                idle_since = Some(Instant::now());
+                let sent = consumer.info().await.map_err(|e| e.to_string())?.delivered.consumer_sequence;
+                if sent > arrived {
+                    return Err(format!(
+                        "idle, yet NATS says it sent delivery {sent} of this consumer and the last \
+                         that arrived was {arrived}: lost on its way; reading again from stream seq {}",
+                        *next_seq
+                    ));
+                }
             }
         }
     }
