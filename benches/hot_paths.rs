@@ -38,7 +38,7 @@ fn notification() -> Notification {
         topic_arn: "arn:aws:sns:eu-west-1:123456789012:alarms".into(),
         subject: Some("ALARM".into()),
         message: msg,
-        timestamp: String::new(),
+        timestamp: Default::default(),
         fallback_from: None,
     })
 }

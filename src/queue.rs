@@ -27,7 +27,8 @@ use crate::model::{Envelope, Prepared};
 /// One delivery to make: message `seq` to `destination`.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub destination: String,
+    /// Shared: a delivery is cloned into the worker's batch, and its queue's name is one.
+    pub destination: Arc<str>,
     pub seq: u64,
     pub accepted_at_ms: u64,
     /// The notification as routing saw it, while it is cheap to keep: saves the worker a
@@ -44,8 +45,12 @@ pub struct StoredMessage {
     /// The severity classified at accept time: the decision made then is the record, so a
     /// message read back after a restart or a routes.toml change keeps it. Absent in
     /// records written before it was kept; then the current rules classify again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub severity: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::model::json_text::opt_compact"
+    )]
+    pub severity: Option<crate::model::Str>,
 }
 
 /// A message to store, with the decision routing made for it.
@@ -83,8 +88,12 @@ pub struct DeadLetter {
     pub failed_at: String,
     pub accepted_at_ms: u64,
     pub envelope: Envelope,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub severity: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::model::json_text::opt_compact"
+    )]
+    pub severity: Option<crate::model::Str>,
 }
 
 /// Where an alarm's first Slack post is, so later state changes can reply in its thread
@@ -174,6 +183,13 @@ pub trait Queue: Send + Sync + 'static {
     /// A delivery is done. Durable soon after, not necessarily before this returns: a
     /// crash in between may repeat a post, never lose one.
     async fn finish(&self, destination: &str, seq: u64) -> Result<(), QueueError>;
+
+    /// [`Queue::finish`] without a future, for a backend that never waits to finish (the
+    /// local store hands a frame to its writer); `None` when it would wait. Taken once per
+    /// delivery, and a trait object's future is a heap allocation.
+    fn finish_at_once(&self, _destination: &Arc<str>, _seq: u64) -> Option<Result<(), QueueError>> {
+        None
+    }
 
     /// Reads a message back; `None` once every destination is done with it.
     async fn load(&self, seq: u64) -> Result<Option<StoredMessage>, QueueError>;

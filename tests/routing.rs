@@ -27,7 +27,7 @@ fn note(name: &str, state: &str, topic: &str, description: &str) -> Notification
         topic_arn: topic.into(),
         subject: None,
         message: msg.to_string(),
-        timestamp: String::new(),
+        timestamp: Default::default(),
         fallback_from: None,
     })
 }
@@ -35,7 +35,7 @@ fn note(name: &str, state: &str, topic: &str, description: &str) -> Notification
 fn route(c: &Config, n: &Notification) -> (String, Vec<String>, Vec<String>) {
     let sev = c.severity.classify(n);
     let d = c.router.route(&Facts::of(n, &sev));
-    (sev.to_string(), d.routes, d.destinations)
+    (sev.to_string(), d.routes.iter().map(|r| r.to_string()).collect(), d.destinations)
 }
 
 const T: &str = "arn:aws:sns:eu-west-1:123456789012:alarms";

@@ -330,7 +330,7 @@ async fn feed_once(
                 let notification = Notification::from_envelope(stored.envelope);
                 let severity = stored.severity.map_or_else(|| config.get().severity.classify(&notification), Str::from);
                 queue.push(Delivery {
-                    destination: dest.to_string(),
+                    destination: dest.into(),
                     seq,
                     accepted_at_ms: stored.accepted_at_ms,
                     prepared: Some(Arc::new(Prepared { notification, severity })),

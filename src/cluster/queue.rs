@@ -333,7 +333,7 @@ impl Queue for NatsQueue {
         let stored = StoredMessage {
             envelope: message.envelope.clone(),
             accepted_at_ms,
-            severity: Some(message.severity.to_string()),
+            severity: Some(message.severity.into()),
         };
         let payload: bytes::Bytes = serde_json::to_vec(&stored)?.into();
         // Sent back to back, then the acknowledgements awaited: one round trip, not N.
@@ -353,7 +353,12 @@ impl Queue for NatsQueue {
         for (dest, ack) in acks {
             let ack = ack.await.map_err(|e| unavailable("publish not acknowledged", e))?;
             all_duplicates &= ack.duplicate;
-            deliveries.push(Delivery { destination: dest.clone(), seq: ack.sequence, accepted_at_ms, prepared: None });
+            deliveries.push(Delivery {
+                destination: dest.as_str().into(),
+                seq: ack.sequence,
+                accepted_at_ms,
+                prepared: None,
+            });
         }
         if let Some(key) = seen_key {
             parts.seen.put(key, bytes::Bytes::new()).await.map_err(|e| unavailable("dedup record", e))?;

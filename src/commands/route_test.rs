@@ -118,7 +118,7 @@ fn envelope_from(text: &str) -> Option<Envelope> {
             topic_arn: topic,
             subject: get("Subject"),
             message,
-            timestamp: get("Timestamp").unwrap_or_default(),
+            timestamp: get("Timestamp").unwrap_or_default().into(),
             fallback_from: None,
         });
     }
@@ -129,7 +129,7 @@ fn envelope_from(text: &str) -> Option<Envelope> {
         topic_arn: format!("arn:aws:sns:{region}:{account}:route-test"),
         subject: None,
         message: text.to_string(),
-        timestamp: String::new(),
+        timestamp: Default::default(),
         fallback_from: None,
     };
     if let Some((event, _)) = crate::model::parse_event(text) {

@@ -14,7 +14,7 @@ pub async fn write(queue: &dyn Queue, delivery: &Delivery, reason: &str, attempt
     let Some(message) = queue.load(delivery.seq).await? else { return Ok(()) };
     let letter = DeadLetter {
         id: format!("{}-{}", delivery.seq, delivery.destination),
-        destination: delivery.destination.clone(),
+        destination: delivery.destination.to_string(),
         reason: reason.to_string(),
         attempts,
         failed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -45,7 +45,7 @@ pub async fn take_replays(queue: &dyn Queue, config: &Config, owns: &(dyn Fn(&st
         let severity = letter
             .severity
             .clone()
-            .unwrap_or_else(|| config.severity.classify(&Notification::from_envelope(envelope.clone())).to_string());
+            .unwrap_or_else(|| config.severity.classify(&Notification::from_envelope(envelope.clone())));
         let new = NewMessage {
             envelope: &envelope,
             severity: &severity,

@@ -229,7 +229,12 @@ impl Worker {
     }
 
     async fn finish(&self, del: &Delivery) {
-        if let Err(e) = self.d.queue.finish(&self.name, del.seq).await {
+        let at_once = (*del.destination == *self.name).then(|| self.d.queue.finish_at_once(&del.destination, del.seq));
+        let done = match at_once.flatten() {
+            Some(done) => done,
+            None => self.d.queue.finish(&self.name, del.seq).await,
+        };
+        if let Err(e) = done {
             // Not recorded: after a restart the post may repeat, never go missing.
             tracing::error!(destination = %self.name, seq = del.seq, error = %e, "cannot record a delivery as done");
         }
@@ -367,7 +372,7 @@ impl Worker {
             }
             let envelope = Envelope { fallback_from: Some(self.name.clone()), ..m.envelope };
             let severity = m.severity.unwrap_or_else(|| {
-                self.d.config.get().severity.classify(&Notification::from_envelope(envelope.clone())).to_string()
+                self.d.config.get().severity.classify(&Notification::from_envelope(envelope.clone()))
             });
             let new = NewMessage {
                 envelope: &envelope,

@@ -201,7 +201,7 @@ mod tests {
             topic_arn: "arn:aws:sns:us-east-1:111111111111:org-events".into(),
             subject: None,
             message: std::fs::read_to_string(path).unwrap(),
-            timestamp: String::new(),
+            timestamp: Default::default(),
             fallback_from: None,
         })
     }

@@ -95,6 +95,16 @@ pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Text::deserialize(d).map(Text::into_owned)
 }
 
+/// `deserialize_with` for a [`super::Str`] field: inline when short, as [`string`] else.
+pub fn compact<'de, D: Deserializer<'de>>(d: D) -> Result<super::Str, D::Error> {
+    Text::deserialize(d).map(|t| super::Str::from(&*t.0))
+}
+
+/// `deserialize_with` for an `Option<Str>` field, as [`compact`] (with `default`).
+pub fn opt_compact<'de, D: Deserializer<'de>>(d: D) -> Result<Option<super::Str>, D::Error> {
+    Option::<Text>::deserialize(d).map(|t| t.map(|t| super::Str::from(&*t.0)))
+}
+
 /// `deserialize_with` for an `Option<String>` field, as [`string`] (with `default`).
 pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Option::<Text>::deserialize(d).map(|t| t.map(Text::into_owned))

@@ -26,8 +26,9 @@ pub struct Envelope {
     pub subject: Option<String>,
     #[serde(deserialize_with = "json_text::string")]
     pub message: String,
-    #[serde(deserialize_with = "json_text::string")]
-    pub timestamp: String,
+    /// SNS's `Timestamp` text (24 bytes: inline).
+    #[serde(deserialize_with = "json_text::compact")]
+    pub timestamp: Str,
     /// Set on a copy sent to a destination's `fallback` because Slack said the original
     /// destination is gone: the destination it came from. A fallback is followed one hop
     /// at most, so two gone webhooks that fall back to each other end as a dead letter

@@ -9,13 +9,14 @@ use matcher::{FieldIndex, FieldIndexBuilder, FieldPatterns, PatternError};
 
 use crate::model::{Envelope, Notification, Prepared};
 use severity::SeverityRules;
+use smallvec::SmallVec;
 
 /// From envelope to decision, in one place for the door, `route-test` and replays: parse
 /// the notification (and the alarm inside), classify its severity, route it. The door
 /// stores the severity and destinations it decided with the message: that decision is the
 /// record, so a message read back after a restart or a routes.toml change is delivered as
 /// it was accepted.
-pub fn decide(severity: &SeverityRules, router: &Router, envelope: Envelope) -> (Prepared, Decision) {
+pub fn decide<'r>(severity: &SeverityRules, router: &'r Router, envelope: Envelope) -> (Prepared, Decision<'r>) {
     let notification = Notification::from_envelope(envelope);
     let severity = severity.classify(&notification);
     let decision = router.route(&Facts::of(&notification, &severity));
@@ -133,15 +134,17 @@ impl<'a> Facts<'a> {
     }
 }
 
-/// Where a notification goes.
+/// Where a notification goes. Route names are borrowed from the routing table (one
+/// decision per notification: no copies of them); the destinations are owned, as the queue
+/// keeps them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Decision {
+pub struct Decision<'r> {
     /// Names of the routes that matched, in order (`default_route` when none did).
-    pub routes: Vec<String>,
+    pub routes: SmallVec<[&'r str; 4]>,
     /// Destinations, each once, in first-reached order.
     pub destinations: Vec<String>,
     /// A muted route (`enabled = false`) that matched and swallowed the notification.
-    pub muted: Option<String>,
+    pub muted: Option<&'r str>,
 }
 
 /// The compiled routing table of one config load.
@@ -187,17 +190,29 @@ impl Router {
         self.routes.is_empty()
     }
 
-    pub fn route(&self, facts: &Facts<'_>) -> Decision {
+    pub fn route(&self, facts: &Facts<'_>) -> Decision<'_> {
+        // This runs for every notification: the match buffers are the thread's, reused.
+        thread_local! {
+            static BUFFERS: std::cell::RefCell<(Vec<usize>, [Vec<bool>; Field::ALL.len()])> = Default::default();
+        }
+        BUFFERS.with_borrow_mut(|(scratch, bits)| self.route_with(facts, scratch, bits))
+    }
+
+    fn route_with(
+        &self,
+        facts: &Facts<'_>,
+        scratch: &mut Vec<usize>,
+        bits: &mut [Vec<bool>; Field::ALL.len()],
+    ) -> Decision<'_> {
         // Match each field once against every pattern of every route.
-        let mut scratch = Vec::new();
-        // On the stack: this runs for every notification.
-        let mut matched: [Option<Vec<bool>>; Field::ALL.len()] = Default::default();
-        for ((field, index), slot) in Field::ALL.iter().zip(&self.indexes).zip(&mut matched) {
+        let mut matched: [Option<&[bool]>; Field::ALL.len()] = Default::default();
+        for (((field, index), slot), bits) in
+            Field::ALL.iter().zip(&self.indexes).zip(&mut matched).zip(bits.iter_mut())
+        {
             *slot = match facts.get(*field) {
                 Some(value) if !index.is_empty() => {
-                    let mut bits = Vec::new();
-                    index.matches(value, &mut scratch, &mut bits);
-                    Some(bits)
+                    index.matches(value, scratch, bits);
+                    Some(&bits[..])
                 }
                 _ => None,
             };
@@ -214,12 +229,12 @@ impl Router {
                 // A muted route still stops evaluation when it matches: muting means
                 // "send these nowhere", not "let later routes have them".
                 if hit && !route.continue_ {
-                    decision.muted = Some(route.name.clone());
+                    decision.muted = Some(&route.name);
                     return decision;
                 }
                 continue;
             }
-            decision.routes.push(route.name.clone());
+            decision.routes.push(&route.name);
             for d in &route.to {
                 if !decision.destinations.contains(d) {
                     decision.destinations.push(d.clone());
@@ -230,7 +245,7 @@ impl Router {
             }
         }
         if decision.routes.is_empty() && decision.muted.is_none() && !self.default_to.is_empty() {
-            decision.routes.push(DEFAULT_ROUTE.to_string());
+            decision.routes.push(DEFAULT_ROUTE);
             decision.destinations = self.default_to.clone();
         }
         decision

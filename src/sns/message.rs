@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::SnsError;
 use crate::model::json_text::Text;
-use crate::model::truncate;
+use crate::model::{truncate, Str};
 
 /// The three message types SNS delivers to an HTTP(S) subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,10 +86,12 @@ pub struct SnsMessage {
     pub subject: Option<String>,
     pub message: String,
     /// The exact `Timestamp` text: it is part of the string to sign.
-    pub timestamp_raw: String,
+    pub timestamp_raw: Str,
     pub timestamp: SystemTime,
     pub signature_version: SignatureVersion,
-    pub signature: Vec<u8>,
+    /// Decoded on the stack: 256 bytes for the 2048-bit keys SNS signs with, room for
+    /// 4096-bit ones.
+    pub signature: Signature,
     pub signing_cert_url: String,
     pub token: Option<String>,
     pub subscribe_url: Option<String>,
@@ -114,7 +116,8 @@ impl SnsMessage {
         let message_id = required(wire.message_id, "MessageId")?;
         let topic_arn = required(wire.topic_arn, "TopicArn")?;
         let message = required(wire.message, "Message")?;
-        let timestamp_raw = required(wire.timestamp, "Timestamp")?;
+        // 24 bytes as SNS writes it: inline, no allocation.
+        let timestamp_raw = wire.timestamp.map(|t| Str::from(&*t.0)).ok_or(SnsError::MissingField("Timestamp"))?;
         if message_id.len() > MAX_ID_LEN || topic_arn.len() > MAX_ID_LEN {
             return Err(SnsError::Malformed("MessageId or TopicArn too long".into()));
         }
@@ -127,8 +130,7 @@ impl SnsMessage {
             Some(other) => return Err(SnsError::UnsupportedSignatureVersion(truncate(other, 16))),
         };
         let signature = wire.signature.ok_or(SnsError::MissingField("Signature"))?;
-        let signature = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, signature.0.as_bytes())
-            .map_err(|_| SnsError::BadSignature("Signature is not base64"))?;
+        let signature = Signature::decode(signature.0.as_bytes())?;
         let signing_cert_url = required(wire.signing_cert_url, "SigningCertURL")?;
         let (token, subscribe_url) = match kind {
             MessageType::Notification => (wire.token.map(Text::into_owned), wire.subscribe_url.map(Text::into_owned)),
@@ -188,6 +190,36 @@ impl SnsMessage {
                 push("Type", self.kind.as_str());
             }
         }
+    }
+}
+
+/// An SNS signature, decoded.
+#[derive(Clone)]
+pub struct Signature {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl Signature {
+    fn decode(base64_text: &[u8]) -> Result<Signature, SnsError> {
+        let mut bytes = [0u8; 512];
+        // Too long for a 4096-bit key is refused like bad base64: it cannot verify.
+        let len = base64::Engine::decode_slice(&base64::engine::general_purpose::STANDARD, base64_text, &mut bytes)
+            .map_err(|_| SnsError::BadSignature("Signature is not base64 of at most 512 bytes"))?;
+        Ok(Signature { bytes, len })
+    }
+}
+
+impl std::ops::Deref for Signature {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature({} bytes)", self.len)
     }
 }
 

@@ -190,7 +190,7 @@ impl Store {
             .map(|(s, l)| (*s, l))
             .flat_map(|(seq, l)| {
                 l.waiting().map(move |d| Delivery {
-                    destination: d.to_string(),
+                    destination: d.clone(),
                     seq,
                     accepted_at_ms: l.accepted_at_ms,
                     prepared: None,
@@ -234,6 +234,7 @@ impl Store {
             unlogged_errors: 0,
             failed_len: 0,
             last_error_log: None,
+            spare: Default::default(),
         };
         let compactor = Compactor {
             reserve: qdir.join("reserve"),
@@ -353,7 +354,11 @@ impl Store {
 
     /// Marks a delivery done. Durable soon after (next commit), not before return.
     fn finish_now(&self, destination: &str, seq: u64) -> Result<(), QueueError> {
-        self.inner.ops.send(Op::Finish { destination: destination.to_string(), seq }).map_err(|_| QueueError::Closed)
+        self.finish_shared(destination.into(), seq)
+    }
+
+    fn finish_shared(&self, destination: Arc<str>, seq: u64) -> Result<(), QueueError> {
+        self.inner.ops.send(Op::Finish { destination, seq }).map_err(|_| QueueError::Closed)
     }
 
     /// Waits until every operation sent so far is on disk.
@@ -399,22 +404,21 @@ impl Store {
     /// the seqs in `held` (those the caller already has).
     fn waiting_now(&self, destination: &str, held: &SeqSet, want: usize) -> Vec<Delivery> {
         let index = lock(&self.inner.index);
-        let found: Vec<(u64, u64)> = index
+        // The index's own name for the destination (shared, not copied per delivery).
+        index
             .live
             .iter()
-            .filter(|(seq, l)| !held.contains(seq) && l.waiting().any(|d| **d == *destination))
-            .take(want)
-            .map(|(seq, l)| (*seq, l.accepted_at_ms))
-            .collect();
-        drop(index);
-        found
-            .into_iter()
-            .map(|(seq, accepted_at_ms)| Delivery {
-                destination: destination.to_string(),
-                seq,
-                accepted_at_ms,
-                prepared: None,
+            .filter(|(seq, _)| !held.contains(seq))
+            .filter_map(|(seq, l)| {
+                let name = l.waiting().find(|d| ***d == *destination)?;
+                Some(Delivery {
+                    destination: name.clone(),
+                    seq: *seq,
+                    accepted_at_ms: l.accepted_at_ms,
+                    prepared: None,
+                })
             })
+            .take(want)
             .collect()
     }
 }
@@ -441,6 +445,10 @@ impl Queue for Store {
 
     async fn finish(&self, destination: &str, seq: u64) -> Result<(), QueueError> {
         self.finish_now(destination, seq)
+    }
+
+    fn finish_at_once(&self, destination: &Arc<str>, seq: u64) -> Option<Result<(), QueueError>> {
+        Some(self.finish_shared(destination.clone(), seq))
     }
 
     async fn load(&self, seq: u64) -> Result<Option<StoredMessage>, QueueError> {

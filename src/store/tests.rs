@@ -30,7 +30,7 @@ async fn partial_finish_survives_reopen_and_last_finish_removes() {
     drop(store);
 
     let (store, rec) = Store::open(dir.path(), 100, Metrics::new()).unwrap();
-    let pending: Vec<(String, u64)> = rec.pending.iter().map(|p| (p.destination.clone(), p.seq)).collect();
+    let pending: Vec<(String, u64)> = rec.pending.iter().map(|p| (p.destination.to_string(), p.seq)).collect();
     assert_eq!(pending, vec![("b".to_string(), d[0].seq), ("a".to_string(), d[0].seq + 1)]);
     assert!(rec.remembered == 1 && store.remembers(key));
     assert_eq!(store.read(d[0].seq).unwrap().unwrap().envelope.message_id, "m1");
@@ -89,7 +89,7 @@ async fn compaction_carries_pending_messages_and_remembered_ids_forward() {
     drop(store);
 
     let (store, rec) = Store::open_with(dir.path(), 1000, Metrics::new(), 1024).unwrap();
-    let mut pending: Vec<(u64, String)> = rec.pending.iter().map(|p| (p.seq, p.destination.clone())).collect();
+    let mut pending: Vec<(u64, String)> = rec.pending.iter().map(|p| (p.seq, p.destination.to_string())).collect();
     pending.sort();
     let mut want = vec![(seqs[3], "a".to_string()), (seqs[3], "b".to_string()), (seqs[10], "b".to_string())];
     want.sort();
@@ -180,14 +180,14 @@ async fn a_message_for_more_destinations_than_a_record_holds_is_split_and_each_k
     let (store, _) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
     let names: Vec<String> = (0..70).map(|i| format!("d{i}")).collect();
     let d = store.put(&envelope("wide"), names.clone(), Some((MessageKey::of("wide"), u64::MAX))).await.unwrap();
-    assert_eq!(d.iter().map(|d| d.destination.clone()).collect::<Vec<_>>(), names);
+    assert_eq!(d.iter().map(|d| d.destination.to_string()).collect::<Vec<_>>(), names);
     let seqs: std::collections::BTreeSet<u64> = d.iter().map(|d| d.seq).collect();
     assert_eq!(seqs.len(), 3, "70 destinations need three records of at most 32");
     store.finish_now("d40", d[40].seq).unwrap();
     store.close_now().await;
     drop(store);
     let (store, rec) = Store::open(dir.path(), 1000, Metrics::new()).unwrap();
-    let mut pending: Vec<String> = rec.pending.iter().map(|p| p.destination.clone()).collect();
+    let mut pending: Vec<String> = rec.pending.iter().map(|p| p.destination.to_string()).collect();
     pending.sort();
     let mut want: Vec<String> = names.into_iter().filter(|n| n != "d40").collect();
     want.sort();

@@ -30,7 +30,7 @@ pub(super) enum Op {
         reply: oneshot::Sender<Result<Vec<Delivery>, QueueError>>,
     },
     /// A delivery is done (sent, or dead-lettered and written to its file).
-    Finish { destination: String, seq: u64 },
+    Finish { destination: Arc<str>, seq: u64 },
     /// From the compactor: append these records again (those still live), then delete the
     /// segment. Its MessageIds are already in a keys file.
     Compact { segment: u64, carry: Vec<(u64, Vec<u8>)>, done: std_mpsc::Sender<()>, last: bool },
@@ -72,6 +72,15 @@ pub(super) struct Writer {
     /// Bytes of the last batch that failed: what a probe must be able to write.
     pub(super) failed_len: usize,
     pub(super) last_error_log: Option<Instant>,
+    /// The vectors a commit fills, kept from one commit to the next (a commit is made
+    /// thousands of times a second under load).
+    pub(super) spare: Spare,
+}
+
+#[derive(Default)]
+pub(super) struct Spare {
+    accepted: Vec<Accepted>,
+    replies: Vec<(Reply, Vec<Delivery>)>,
 }
 
 /// Batches stop gathering past this many bytes (keeps offsets and memory bounded).
@@ -98,11 +107,15 @@ struct Accepted {
     size: u32,
     accepted_at_ms: u64,
     destinations: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Delivery>, QueueError>>,
+    reply: Reply,
 }
+
+/// Where an accept's answer goes.
+type Reply = oneshot::Sender<Result<Vec<Delivery>, QueueError>>;
 
 impl Writer {
     pub(super) fn run(mut self, rx: std_mpsc::Receiver<Op>) {
+        let mut batch = Vec::new();
         loop {
             let wait = if !self.writable.load(Ordering::Relaxed) {
                 PROBE_EVERY
@@ -129,7 +142,7 @@ impl Writer {
             // (Waiting a moment for more was measured: 8x fewer commits under full load
             // but no CPU gained, and +1.4 ms p50 at 4,000/s; BENCHMARKS.md.)
             let mut bytes = 0;
-            let mut batch = vec![first];
+            batch.push(first);
             while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 let Ok(next) = rx.try_recv() else { break };
                 if let Op::Accept { frame, .. } = &next {
@@ -137,7 +150,7 @@ impl Writer {
                 }
                 batch.push(next);
             }
-            if self.commit(batch) {
+            if self.commit(&mut batch) {
                 return;
             }
         }
@@ -172,13 +185,14 @@ impl Writer {
     }
 
     /// Returns true when a close was requested.
-    pub(super) fn commit(&mut self, batch: Vec<Op>) -> bool {
+    /// Writes (and syncs) one batch, which it leaves empty.
+    pub(super) fn commit(&mut self, batch: &mut Vec<Op>) -> bool {
         let started = Instant::now();
         let size = batch.len();
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let base = self.active_len;
-        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut accepted = std::mem::take(&mut self.spare.accepted);
         let mut keys_only = Vec::new();
         let mut carried = Vec::new();
         let mut compacted = Vec::new();
@@ -188,7 +202,7 @@ impl Writer {
         let index_lock = self.index.clone();
         {
             let mut index = lock(&index_lock);
-            for op in batch {
+            for op in batch.drain(..) {
                 match op {
                     Op::Accept { seq, frame, accepted_at_ms, destinations, key_expires, reply } => {
                         self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -254,7 +268,7 @@ impl Writer {
                 self.active_len += buf.len() as u64;
                 let active = self.active;
                 let mut removed = Vec::new();
-                let mut replies = Vec::with_capacity(accepted.len());
+                let mut replies = std::mem::take(&mut self.spare.replies);
                 {
                     let mut index = lock(&index_lock);
                     if let Some(s) = index.segments.get_mut(&active) {
@@ -273,15 +287,21 @@ impl Writer {
                         };
                         index.place(seq, moved);
                     }
-                    for Accepted { seq, offset, size, accepted_at_ms, destinations, reply } in accepted {
+                    for Accepted { seq, offset, size, accepted_at_ms, destinations, reply } in accepted.drain(..) {
                         let dests = self.lists.get(&destinations);
                         let pending = u32::MAX >> (32 - destinations.len());
                         let offset = offset as u32;
-                        index.place(seq, Live { segment: active, offset, size, accepted_at_ms, dests, pending });
-                        let deliveries = destinations
-                            .into_iter()
-                            .map(|destination| Delivery { destination, seq, accepted_at_ms, prepared: None })
+                        // The names are the shared list's: no copy per delivery.
+                        let deliveries: Vec<Delivery> = dests
+                            .iter()
+                            .map(|destination| Delivery {
+                                destination: destination.clone(),
+                                seq,
+                                accepted_at_ms,
+                                prepared: None,
+                            })
                             .collect();
+                        index.place(seq, Live { segment: active, offset, size, accepted_at_ms, dests, pending });
                         replies.push((reply, deliveries));
                     }
                     for (segment, done) in compacted {
@@ -295,9 +315,10 @@ impl Writer {
                     self.metrics.stored_messages.set(stored as i64);
                     self.metrics.store_disk_bytes.set(index.disk_bytes() as i64);
                 }
-                for (reply, deliveries) in replies {
+                for (reply, deliveries) in replies.drain(..) {
                     let _ = reply.send(Ok(deliveries));
                 }
+                self.spare.replies = replies;
                 for reply in keys_only {
                     let _ = reply.send(Ok(Vec::new()));
                 }
@@ -318,7 +339,7 @@ impl Writer {
                     self.unlogged_errors = 0;
                     self.last_error_log = Some(Instant::now());
                 }
-                for Accepted { reply, .. } in accepted {
+                for Accepted { reply, .. } in accepted.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for reply in keys_only {
@@ -330,6 +351,7 @@ impl Writer {
         for f in flushes {
             let _ = f.send(());
         }
+        self.spare.accepted = accepted;
         self.metrics.store_batch_size.observe(size as f64);
         self.metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
         // Keep the buffer for the next batch unless one huge batch inflated it.
