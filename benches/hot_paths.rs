@@ -146,6 +146,7 @@ fn durable_accept(c: &mut Criterion) {
                                         destinations: vec!["a".into()],
                                         dedup: None,
                                         replay_of: None,
+                                        message_json: None,
                                     };
                                     webhook_relay::queue::Queue::accept(&store, new).await.unwrap();
                                 }

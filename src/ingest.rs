@@ -126,7 +126,7 @@ impl Gateway {
         let policy = Policy { topic_allowed: &allowed, max_age: config.sns.max_age };
         let verified = self.verifier.verify(message, &policy).await?;
         match verified.get().kind {
-            MessageType::Notification => self.accept(verified, &config).await,
+            MessageType::Notification => self.accept(verified, &config, body).await,
             MessageType::SubscriptionConfirmation => self.confirm(verified, &config).await,
             MessageType::UnsubscribeConfirmation => {
                 self.metrics.unsubscribe_confirmations.inc();
@@ -136,8 +136,9 @@ impl Gateway {
         }
     }
 
-    async fn accept(&self, verified: VerifiedMessage, config: &Config) -> Result<Outcome, IngestError> {
+    async fn accept(&self, verified: VerifiedMessage, config: &Config, body: &[u8]) -> Result<Outcome, IngestError> {
         let m = verified.into_inner();
+        let message_json = m.message_literal.clone().and_then(|r| std::str::from_utf8(body.get(r)?).ok());
         let expires = dedup::expires_at(m.timestamp, config.sns.max_age);
         let key = MessageKey::of(&m.message_id);
         let envelope = Envelope {
@@ -155,6 +156,7 @@ impl Gateway {
             destinations: decision.destinations,
             dedup: Some((key, expires)),
             replay_of: None,
+            message_json,
         };
         let deliveries = match self.queue.accept(new).await? {
             Accepted::Duplicate => {

@@ -66,6 +66,10 @@ pub struct NewMessage<'a> {
     /// The dead letter this replays, if it is one: a shared backend uses it to store a
     /// replay once even when the taking is repeated.
     pub replay_of: Option<&'a str>,
+    /// The envelope's `message` as a JSON string literal, as SNS wrote it (checked by the
+    /// parser: it reads back as `message`). A backend may store it instead of escaping the
+    /// text again.
+    pub message_json: Option<&'a str>,
 }
 
 /// What [`Queue::accept`] did.

@@ -496,6 +496,55 @@ async fn a_delivery_lost_on_its_way_from_nats_is_read_again_and_posted_in_order(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_that_stops_seeing_the_stream_is_replaced_and_nothing_waits_for_the_lease_to_move() {
+    let Some(bin) = binary() else { return };
+    let _slot = slot().await;
+    let store = tempfile::tempdir().unwrap();
+    let nats = Nats::single(&bin, &["-js", "-sd", store.path().to_str().unwrap()]);
+    nats.wait_jetstream(Duration::from_secs(15)).await;
+    let sink = SlackSink::start().await.unwrap();
+    let replica = Replica::start(&nats, &one_destination(&sink, "100/s", 100));
+    replica.wait_ready(Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replica.metric("webhook_relay_cluster_leases_held").await != Some(1.0) {
+        assert!(Instant::now() < deadline, "no lease taken; log:\n{}", replica.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = signer();
+    assert_eq!(replica.post_as_sns(&alarm(s, "stall-0", "prod-stall0", "ALARM")).await, 200);
+    assert!(sink.wait_until(Duration::from_secs(10), |_| name_counts(&sink, "ops", "prod-stall").len() == 1).await);
+
+    // Paused (NATS 2.11), the replica's consumer does what the stalled one did: answers
+    // every pull empty, its numbers agree, and sends nothing new.
+    let client = async_nats::connect(nats.urls()[0].as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream("webhook-relay-msgs").await.unwrap();
+    let names: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(stream.consumer_names())
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let answer = client
+        .request(
+            format!("$JS.API.CONSUMER.PAUSE.webhook-relay-msgs.{}", names[0]),
+            serde_json::json!({"pause_until": "2099-01-01T00:00:00Z"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(answer["paused"], true, "{answer}");
+
+    let posted = Instant::now();
+    assert_eq!(replica.post_as_sns(&alarm(s, "stall-1", "prod-stall1", "ALARM")).await, 200);
+    let delivered =
+        sink.wait_until(Duration::from_secs(20), |_| name_counts(&sink, "ops", "prod-stall").len() == 2).await;
+    assert!(delivered, "an alarm waited behind a consumer that stopped; log:\n{}", replica.log());
+    eprintln!("delivered {:?} after the post, through a new consumer", posted.elapsed());
+    assert!(replica.log().contains("this consumer stopped seeing the stream"), "{}", replica.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn with_all_of_nats_down_the_door_says_503_and_everything_resumes_when_it_is_back() {
     let Some(bin) = binary() else { return };
     let _slot = slot().await;

@@ -206,6 +206,15 @@ impl Leases {
 /// How long a destination's consumer is idle before it is asked whether it sent more than
 /// arrived: bounds how late a last message lost on its way from NATS is read again.
 const IDLE_CHECK: Duration = Duration::from_secs(3);
+/// An unread delivery this old, while the consumer is idle, means the consumer stalled.
+const STALL_AFTER: Duration = Duration::from_secs(2);
+
+/// How long ago a time in Unix nanoseconds was (zero if in the future: the clocks of NATS
+/// servers and of this pod differ).
+fn waited_since(unix_nanos: i128) -> Duration {
+    let now = now_ms() as i128 * 1_000_000;
+    Duration::from_nanos((now - unix_nanos).clamp(0, u64::MAX as i128) as u64)
+}
 
 fn lease_key(destination: &str) -> String {
     hex(destination.as_bytes())
@@ -352,6 +361,27 @@ async fn feed_once(
                          that arrived was {arrived}: lost on its way; reading again from stream seq {}",
                         *next_seq
                     ));
+                }
+                // A consumer that stopped seeing the stream: it answers every pull (empty)
+                // and its numbers agree, while the stream, asked through its leader, holds a
+                // delivery for us it never sent. Seen once after a NATS node was killed: the
+                // consumer (one replica, on a server whose copy of the stream had stopped
+                // following) went quiet until the lease moved. Only a delivery older than
+                // the check's own window counts, so one published a moment ago is not taken
+                // for a stall.
+                match parts.msgs.get_last_raw_message_by_subject(subject).await {
+                    Ok(last) if last.sequence >= *next_seq && waited_since(last.time.unix_timestamp_nanos()) > STALL_AFTER => {
+                        return Err(format!(
+                            "idle, yet the stream holds seq {} for this destination (unread, {}s old): \
+                             this consumer stopped seeing the stream; reading again from stream seq {}",
+                            last.sequence,
+                            waited_since(last.time.unix_timestamp_nanos()).as_secs(),
+                            *next_seq
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+                    Err(e) => return Err(e.to_string()),
                 }
             }
         }

@@ -52,6 +52,7 @@ pub async fn take_replays(queue: &dyn Queue, config: &Config, owns: &(dyn Fn(&st
             destinations: vec![letter.destination.clone()],
             dedup: None,
             replay_of: Some(&letter.id),
+            message_json: None,
         };
         match queue.accept(new).await {
             Ok(Accepted::Stored(deliveries)) => {

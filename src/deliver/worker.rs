@@ -380,6 +380,7 @@ impl Worker {
                 destinations: vec![fallback.to_string()],
                 dedup: None,
                 replay_of: None,
+                message_json: None,
             };
             match self.d.queue.accept(new).await {
                 Ok(Accepted::Stored(deliveries)) => {

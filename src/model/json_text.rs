@@ -36,6 +36,28 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
+/// A [`Text`] that also keeps its literal as written (quotes and escapes included), so it can
+/// be written into other JSON as it came instead of escaped again.
+#[derive(Debug)]
+pub struct Literal<'a> {
+    pub text: Cow<'a, str>,
+    pub raw: &'a str,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Literal<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&'de RawValue>::deserialize(d)?.get();
+        let not_a_string = || D::Error::custom("expected a string");
+        let inner = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')).ok_or_else(not_a_string)?;
+        let text = if inner.contains('\\') {
+            Cow::Owned(unescape(raw).ok_or_else(not_a_string)?)
+        } else {
+            Cow::Borrowed(inner)
+        };
+        Ok(Literal { text, raw })
+    }
+}
+
 /// The text of a JSON string literal, quotes included. `None` when `raw` is not a string
 /// literal or holds an escape serde_json would refuse (a lone surrogate).
 pub fn unescape(raw: &str) -> Option<String> {

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 use super::SnsError;
-use crate::model::json_text::Text;
+use crate::model::json_text::{Literal, Text};
 use crate::model::{truncate, Str};
 
 /// The three message types SNS delivers to an HTTP(S) subscriber.
@@ -64,7 +64,7 @@ struct WireMessage<'a> {
     #[serde(rename = "Subject", borrow)]
     subject: Option<Text<'a>>,
     #[serde(rename = "Message", borrow)]
-    message: Option<Text<'a>>,
+    message: Option<Literal<'a>>,
     #[serde(rename = "Timestamp", borrow)]
     timestamp: Option<Text<'a>>,
     #[serde(rename = "SignatureVersion", borrow)]
@@ -85,6 +85,9 @@ pub struct SnsMessage {
     pub topic_arn: String,
     pub subject: Option<String>,
     pub message: String,
+    /// Where `Message` is in the body as written (a JSON string literal, quotes included):
+    /// the store writes it as it came rather than escaping the text again.
+    pub message_literal: Option<std::ops::Range<usize>>,
     /// The exact `Timestamp` text: it is part of the string to sign.
     pub timestamp_raw: Str,
     pub timestamp: SystemTime,
@@ -115,7 +118,9 @@ impl SnsMessage {
         };
         let message_id = required(wire.message_id, "MessageId")?;
         let topic_arn = required(wire.topic_arn, "TopicArn")?;
-        let message = required(wire.message, "Message")?;
+        let Some(literal) = wire.message else { return Err(SnsError::MissingField("Message")) };
+        let message_literal = offset_in(body, literal.raw);
+        let message = literal.text.into_owned();
         // 24 bytes as SNS writes it: inline, no allocation.
         let timestamp_raw = wire.timestamp.map(|t| Str::from(&*t.0)).ok_or(SnsError::MissingField("Timestamp"))?;
         if message_id.len() > MAX_ID_LEN || topic_arn.len() > MAX_ID_LEN {
@@ -142,6 +147,7 @@ impl SnsMessage {
             topic_arn,
             subject: wire.subject.map(Text::into_owned),
             message,
+            message_literal,
             timestamp_raw,
             timestamp,
             signature_version,
@@ -191,6 +197,13 @@ impl SnsMessage {
             }
         }
     }
+}
+
+/// Where `part` (borrowed from `body` by the parser) lies in `body`.
+fn offset_in(body: &[u8], part: &str) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + part.len();
+    (end <= body.len() && body.get(start..end) == Some(part.as_bytes())).then_some(start..end)
 }
 
 /// An SNS signature, decoded.
@@ -243,6 +256,25 @@ mod tests {
             "Signature": "AAAA",
             "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
         })
+    }
+
+    #[test]
+    fn the_message_literal_is_where_the_body_has_it_and_reads_back_as_the_message() {
+        let mut v = base();
+        v["Message"] = serde_json::json!("{\"AlarmName\":\"é \\ /\\u2028\"}\n\ttab");
+        let body = serde_json::to_vec(&v).unwrap();
+        let m = SnsMessage::parse(&body).unwrap();
+        let literal = std::str::from_utf8(&body[m.message_literal.clone().unwrap()]).unwrap();
+        assert!(literal.starts_with('"') && literal.ends_with('"'), "{literal}");
+        assert_eq!(serde_json::from_str::<String>(literal).unwrap(), m.message);
+        // Escaped differently by hand (as another writer might): still where it is.
+        let mut v = base();
+        v["Message"] = serde_json::json!("hello");
+        let body = serde_json::to_vec(&v).unwrap();
+        let body = String::from_utf8(body).unwrap().replace("\"hello\"", "\"h\\u0065llo\"");
+        let m = SnsMessage::parse(body.as_bytes()).unwrap();
+        assert_eq!(m.message, "hello");
+        assert_eq!(&body[m.message_literal.unwrap()], "\"h\\u0065llo\"");
     }
 
     fn parse(v: &serde_json::Value) -> Result<SnsMessage, SnsError> {

@@ -49,7 +49,6 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::dedup::{Claim, Dedup, MessageKey};
@@ -284,19 +283,20 @@ impl Store {
     async fn store(
         &self,
         envelope: &Envelope,
+        message_json: Option<&str>,
         severity: &str,
         mut destinations: Vec<String>,
         dedup: Option<(MessageKey, u64)>,
     ) -> Result<Vec<Delivery>, QueueError> {
         if destinations.len() <= MAX_DESTINATIONS {
-            return self.accept_record(envelope, severity, destinations, dedup).await;
+            return self.accept_record(envelope, message_json, severity, destinations, dedup).await;
         }
         // One record per 32 destinations; the MessageId goes with the first.
         let mut out = Vec::new();
         let mut key = dedup;
         while !destinations.is_empty() {
             let rest = destinations.split_off(destinations.len().min(MAX_DESTINATIONS));
-            out.extend(self.accept_record(envelope, severity, destinations, key.take()).await?);
+            out.extend(self.accept_record(envelope, message_json, severity, destinations, key.take()).await?);
             destinations = rest;
         }
         Ok(out)
@@ -305,6 +305,7 @@ impl Store {
     async fn accept_record(
         &self,
         envelope: &Envelope,
+        message_json: Option<&str>,
         severity: &str,
         destinations: Vec<String>,
         dedup: Option<(MessageKey, u64)>,
@@ -321,19 +322,12 @@ impl Store {
             }
             None
         } else {
-            // Same JSON as StoredMessage, without cloning the envelope.
-            #[derive(Serialize)]
-            struct Record<'a> {
-                envelope: &'a Envelope,
-                accepted_at_ms: u64,
-                severity: &'a str,
-            }
             let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
             let mut json = Ok(());
-            frame.reserve(512 + envelope.message.len());
+            frame.reserve(512 + message_json.map_or(envelope.message.len(), str::len));
             log::append_accept(&mut frame, seq, dedup, |out| {
                 record::encode_header(out, accepted_at_ms, &destinations);
-                json = serde_json::to_writer(out, &Record { envelope, accepted_at_ms, severity });
+                json = record::write_json(out, envelope, message_json, accepted_at_ms, severity);
             });
             json?;
             Some(seq)
@@ -431,7 +425,7 @@ impl Queue for Store {
                 return Ok(Accepted::Duplicate);
             }
         }
-        match self.store(m.envelope, m.severity, m.destinations, m.dedup).await {
+        match self.store(m.envelope, m.message_json, m.severity, m.destinations, m.dedup).await {
             Ok(deliveries) => Ok(Accepted::Stored(deliveries)),
             Err(e) => {
                 // Not stored, so not promised: SNS's retry must be accepted.

@@ -232,7 +232,7 @@ impl Store {
         destinations: Vec<String>,
         dedup: Option<(MessageKey, u64)>,
     ) -> Result<Vec<Delivery>, QueueError> {
-        self.store(envelope, "warning", destinations, dedup).await
+        self.store(envelope, None, "warning", destinations, dedup).await
     }
 
     fn remembers(&self, key: MessageKey) -> bool {
@@ -251,6 +251,7 @@ async fn the_severity_decided_at_accept_is_read_back_after_a_reopen() {
         destinations: vec!["a".into()],
         dedup: None,
         replay_of: None,
+        message_json: None,
     };
     let Accepted::Stored(d) = Queue::accept(&store, new).await.unwrap() else { panic!("not stored") };
     store.close_now().await;
@@ -266,6 +267,7 @@ async fn the_severity_decided_at_accept_is_read_back_after_a_reopen() {
         destinations: vec!["a".into()],
         dedup: Some((key, u64::MAX)),
         replay_of: None,
+        message_json: None,
     };
     assert!(matches!(Queue::accept(&store, new).await.unwrap(), Accepted::Stored(_)));
     store.close_now().await;
@@ -277,6 +279,7 @@ async fn the_severity_decided_at_accept_is_read_back_after_a_reopen() {
         destinations: vec!["a".into()],
         dedup: Some((key, u64::MAX)),
         replay_of: None,
+        message_json: None,
     };
     assert!(matches!(Queue::accept(&store, new).await.unwrap(), Accepted::Duplicate));
     store.close_now().await;
