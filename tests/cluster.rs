@@ -399,6 +399,44 @@ fn names_in_order(sink: &SlackSink, channel: &str, prefix: &str) -> Vec<String> 
     texts.iter().flat_map(|t| re.find_iter(t).map(|m| m.as_str().to_string()).collect::<Vec<_>>()).collect()
 }
 
+/// One NATS server and one replica, which holds the `ops` lease.
+struct OneNode {
+    nats: Nats,
+    sink: SlackSink,
+    replica: Replica,
+    _store: tempfile::TempDir,
+}
+
+impl OneNode {
+    async fn with_lease_held(bin: &std::path::PathBuf) -> OneNode {
+        let store = tempfile::tempdir().unwrap();
+        let nats = Nats::single(bin, &["-js", "-sd", store.path().to_str().unwrap()]);
+        nats.wait_jetstream(Duration::from_secs(15)).await;
+        let sink = SlackSink::start().await.unwrap();
+        let replica = Replica::start(&nats, &one_destination(&sink, "100/s", 100));
+        replica.wait_ready(Duration::from_secs(30)).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while replica.metric("webhook_relay_cluster_leases_held").await != Some(1.0) {
+            assert!(Instant::now() < deadline, "no lease taken; log:\n{}", replica.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        OneNode { nats, sink, replica, _store: store }
+    }
+}
+
+/// The consumer the lease holder reads through (there is one), and a client of our own.
+async fn replica_consumer(nats: &Nats) -> (async_nats::Client, async_nats::jetstream::consumer::PullConsumer) {
+    let client = async_nats::connect(nats.urls()[0].as_str()).await.unwrap();
+    let stream = async_nats::jetstream::new(client.clone()).get_stream("webhook-relay-msgs").await.unwrap();
+    let names: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(stream.consumer_names())
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(names.len(), 1, "the lease holder reads through one consumer: {names:?}");
+    (client, stream.get_consumer(&names[0]).await.unwrap())
+}
+
 /// Pulls one message from the replica's own consumer, as a reply lost on its way would:
 /// the server counts it as sent, the replica never sees it. Posts alarms named
 /// `<prefix><n>` until the pull gets one; returns what was accepted and the one taken.
@@ -433,26 +471,8 @@ async fn steal_one(
 async fn a_delivery_lost_on_its_way_from_nats_is_read_again_and_posted_in_order() {
     let Some(bin) = binary() else { return };
     let _slot = slot().await;
-    let store = tempfile::tempdir().unwrap();
-    let nats = Nats::single(&bin, &["-js", "-sd", store.path().to_str().unwrap()]);
-    nats.wait_jetstream(Duration::from_secs(15)).await;
-    let sink = SlackSink::start().await.unwrap();
-    let replica = Replica::start(&nats, &one_destination(&sink, "100/s", 100));
-    replica.wait_ready(Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while replica.metric("webhook_relay_cluster_leases_held").await != Some(1.0) {
-        assert!(Instant::now() < deadline, "no lease taken; log:\n{}", replica.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let js = async_nats::jetstream::new(async_nats::connect(nats.urls()[0].as_str()).await.unwrap());
-    let stream = js.get_stream("webhook-relay-msgs").await.unwrap();
-    let names: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(stream.consumer_names())
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(names.len(), 1, "the lease holder reads through one consumer: {names:?}");
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream.get_consumer(&names[0]).await.unwrap();
+    let OneNode { nats, sink, replica, _store } = OneNode::with_lease_held(&bin).await;
+    let consumer = replica_consumer(&nats).await.1;
 
     // The last message of a burst: nothing after it shows the gap, the idle check must.
     let (accepted, stolen) = steal_one(&replica, &consumer, "prod-idle").await;
@@ -467,14 +487,8 @@ async fn a_delivery_lost_on_its_way_from_nats_is_read_again_and_posted_in_order(
 
     // One in the middle: the next delivery's consumer sequence shows the gap, and the
     // taken one goes out before the ones after it.
-    let js = async_nats::jetstream::new(async_nats::connect(nats.urls()[0].as_str()).await.unwrap());
-    let stream = js.get_stream("webhook-relay-msgs").await.unwrap();
-    let names: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(stream.consumer_names())
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream.get_consumer(&names[0]).await.unwrap();
+    // A new consumer: the replica made one after the loss.
+    let consumer = replica_consumer(&nats).await.1;
     let (mut accepted, stolen) = steal_one(&replica, &consumer, "prod-gap").await;
     let s = signer();
     for i in 1000..1003 {
@@ -499,35 +513,17 @@ async fn a_delivery_lost_on_its_way_from_nats_is_read_again_and_posted_in_order(
 async fn a_consumer_that_stops_seeing_the_stream_is_replaced_and_nothing_waits_for_the_lease_to_move() {
     let Some(bin) = binary() else { return };
     let _slot = slot().await;
-    let store = tempfile::tempdir().unwrap();
-    let nats = Nats::single(&bin, &["-js", "-sd", store.path().to_str().unwrap()]);
-    nats.wait_jetstream(Duration::from_secs(15)).await;
-    let sink = SlackSink::start().await.unwrap();
-    let replica = Replica::start(&nats, &one_destination(&sink, "100/s", 100));
-    replica.wait_ready(Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while replica.metric("webhook_relay_cluster_leases_held").await != Some(1.0) {
-        assert!(Instant::now() < deadline, "no lease taken; log:\n{}", replica.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let OneNode { nats, sink, replica, _store } = OneNode::with_lease_held(&bin).await;
     let s = signer();
     assert_eq!(replica.post_as_sns(&alarm(s, "stall-0", "prod-stall0", "ALARM")).await, 200);
     assert!(sink.wait_until(Duration::from_secs(10), |_| name_counts(&sink, "ops", "prod-stall").len() == 1).await);
 
     // Paused (NATS 2.11), the replica's consumer does what the stalled one did: answers
     // every pull empty, its numbers agree, and sends nothing new.
-    let client = async_nats::connect(nats.urls()[0].as_str()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let stream = js.get_stream("webhook-relay-msgs").await.unwrap();
-    let names: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(stream.consumer_names())
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(names.len(), 1, "{names:?}");
+    let (client, consumer) = replica_consumer(&nats).await;
     let answer = client
         .request(
-            format!("$JS.API.CONSUMER.PAUSE.webhook-relay-msgs.{}", names[0]),
+            format!("$JS.API.CONSUMER.PAUSE.webhook-relay-msgs.{}", consumer.cached_info().name),
             serde_json::json!({"pause_until": "2099-01-01T00:00:00Z"}).to_string().into(),
         )
         .await

@@ -26,13 +26,7 @@ impl<'a> Text<'a> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = <&'de RawValue>::deserialize(d)?.get();
-        let not_a_string = || D::Error::custom("expected a string");
-        let inner = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')).ok_or_else(not_a_string)?;
-        if !inner.contains('\\') {
-            return Ok(Text(Cow::Borrowed(inner)));
-        }
-        unescape(raw).map(|s| Text(Cow::Owned(s))).ok_or_else(not_a_string)
+        Literal::deserialize(d).map(|l| Text(l.text))
     }
 }
 
