@@ -364,18 +364,17 @@ async fn feed_once(
                 }
                 // A consumer that stopped seeing the stream: it answers every pull (empty)
                 // and its numbers agree, while the stream, asked through its leader, holds a
-                // delivery for us it never sent. Seen once after a NATS node was killed: the
-                // consumer (one replica, on a server whose copy of the stream had stopped
-                // following) went quiet until the lease moved. Only a delivery older than
-                // the check's own window counts, so one published a moment ago is not taken
-                // for a stall.
-                match parts.msgs.get_last_raw_message_by_subject(subject).await {
-                    Ok(last) if last.sequence >= *next_seq && waited_since(last.time.unix_timestamp_nanos()) > STALL_AFTER => {
+                // delivery for us it never sent. Seen once in the tests after a NATS node was
+                // killed: 18 accepted alarms waited until the lease moved. The first unread
+                // one counts only once it is older than this check's own window, so one
+                // published a moment ago is not taken for a stall.
+                match parts.msgs.get_first_raw_message_by_subject(subject, *next_seq).await {
+                    Ok(first) if waited_since(first.time.unix_timestamp_nanos()) > STALL_AFTER => {
                         return Err(format!(
                             "idle, yet the stream holds seq {} for this destination (unread, {}s old): \
                              this consumer stopped seeing the stream; reading again from stream seq {}",
-                            last.sequence,
-                            waited_since(last.time.unix_timestamp_nanos()).as_secs(),
+                            first.sequence,
+                            waited_since(first.time.unix_timestamp_nanos()).as_secs(),
                             *next_seq
                         ));
                     }
