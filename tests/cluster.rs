@@ -258,6 +258,21 @@ async fn the_destinations_rate_holds_for_the_whole_cluster() {
     for r in &replicas {
         r.wait_ready(Duration::from_secs(30)).await;
     }
+    // Posting starts once one of them posts for `ops`: alarms accepted before any replica
+    // held the lease would wait and go out merged into a few digests, and this test would
+    // measure nothing (it failed so once: 40 alarms in 5 posts).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut held = 0.0;
+        for r in &replicas {
+            held += r.metric("webhook_relay_cluster_leases_held").await.unwrap_or(0.0);
+        }
+        if held == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replica took the lease in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // 40 alarms over 4 s, spread over the three replicas.
     let s = signer();
     for i in 0..40 {
